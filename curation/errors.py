@@ -1,0 +1,50 @@
+"""Typed errors. Inputs that fail become data (an ``error`` column and a reason); these exceptions carry the
+message that ends up there, or stop a run at start when the configuration itself is wrong."""
+
+from __future__ import annotations
+
+
+class MegactorError(Exception):
+    """Base class: every error the tool raises on purpose. The CLI prints its message, not a traceback."""
+
+
+class ConfigError(MegactorError):
+    """A configuration value is invalid; raised at start, naming the bad key and value."""
+
+
+class MediaError(MegactorError):
+    """A media file cannot be probed or decoded. ``reason`` is a short snake_case code stored in the manifest."""
+
+    reason = "media_error"
+
+    def __init__(self, message: str, *, path: str | None = None):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class EmptyFileError(MediaError):
+    reason = "empty_file"
+
+
+class ProbeError(MediaError):
+    reason = "probe_failed"
+
+
+class DecodeError(MediaError):
+    reason = "decode_failed"
+
+
+class MediaTimeoutError(MediaError):
+    reason = "media_timeout"
+
+
+class ToolMissingError(MegactorError):
+    """An external program (ffmpeg, ffprobe) is not installed."""
+
+
+class WeightsMissingError(MegactorError):
+    """A model file is missing or does not match its registered checksum."""
+
+
+class MissingDependencyError(MegactorError):
+    """An optional Python package is needed; the message names the pip extra that provides it."""
