@@ -1,0 +1,170 @@
+"""Typed, validated configuration for a curation run, loaded from YAML.
+
+One model per component; unknown keys and bad values raise :class:`ConfigError` at start, naming the key.
+The resolved config is saved next to every output and its hash is stored in the manifest's provenance."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from curation.errors import ConfigError
+
+PROFILES = ("lite", "paper")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Strict):
+    kind: str = "folder"
+    root: Path
+    dataset: str | None = None
+
+
+class ClipConfig(_Strict):
+    max_clip_s: float = Field(30.0, gt=0)
+    scene_max_side: int = Field(192, ge=32)
+    scene_threshold: float = Field(3.0, gt=0)
+
+
+class FaceConfig(_Strict):
+    sample_fps: float = Field(5.0, gt=0, le=60)
+    max_side: int = Field(640, ge=64)
+    num_faces: int = Field(4, ge=1, le=16)
+    min_detection_confidence: float = Field(0.5, ge=0, le=1)
+
+
+class AudioConfig(_Strict):
+    vad_aggressiveness: int = Field(2, ge=0, le=3)
+
+
+class Thresholds(_Strict):
+    clip_s_min: float = Field(4.0, ge=0)
+    face_res_px_min: float = Field(600, ge=0)
+    yaw_abs_mean_deg_max: float = Field(30.0, ge=0, le=180)
+    sync_c_min: float = 6.0
+    sync_d_max: float = 8.5
+    face_present_frac_min: float = Field(0.9, ge=0, le=1)
+    multi_face_frac_max: float = Field(0.1, ge=0, le=1)
+    speech_frac_min: float = Field(0.3, ge=0, le=1)
+    require_lip_sync: bool = True
+
+
+class RuntimeConfig(_Strict):
+    shard_hours: float = Field(1.0, gt=0)
+    shard_max_files: int = Field(2000, ge=1)
+    inventory_batch_files: int = Field(500, ge=1)
+    probe_workers: int = Field(4, ge=1)
+    probe_timeout_s: float = Field(30.0, gt=0)
+    ray_address: str | None = None
+    ray_num_cpus: int | None = Field(None, ge=1)
+    score_all: bool = False
+
+
+class CurationConfig(_Strict):
+    profile: Literal["lite", "paper"] = "lite"
+    sources: tuple[SourceConfig, ...] = ()
+    clips: ClipConfig = ClipConfig()
+    face: FaceConfig = FaceConfig()
+    audio: AudioConfig = AudioConfig()
+    thresholds: Thresholds = Thresholds()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _clip_lengths(self) -> CurationConfig:
+        if self.clips.max_clip_s < self.thresholds.clip_s_min:
+            raise ValueError(
+                f"clips.max_clip_s ({self.clips.max_clip_s}) must be >= thresholds.clip_s_min "
+                f"({self.thresholds.clip_s_min})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def scoring_hash(self) -> str:
+        """Hash of everything that changes scores (not thresholds, sources or runtime): a resumed run with a
+        different scoring hash would mix incomparable rows, so the runner refuses it."""
+        scoring = {k: v for k, v in self.to_dict().items() if k in ("profile", "clips", "face", "audio")}
+        return _hash(scoring)
+
+    def config_hash(self) -> str:
+        return _hash(self.to_dict())
+
+    def with_overrides(self, overrides: dict[str, Any]) -> CurationConfig:
+        """Apply dotted-key overrides, e.g. ``{"thresholds.face_res_px_min": 400}``."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"unknown config key {dotted!r}")
+                node = node[key]
+            if leaf not in node:
+                raise ConfigError(f"unknown config key {dotted!r}")
+            node[leaf] = value
+        return validate(data, origin="overrides")
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        got = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
+        lines.append(f"  {key}: {item['msg']}{got}")
+    return "\n".join(lines)
+
+
+def validate(data: dict[str, Any], *, origin: str = "config") -> CurationConfig:
+    try:
+        return CurationConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, origin)) from None
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def default_data() -> dict[str, Any]:
+    text = resources.files("curation").joinpath("configs/default.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CurationConfig:
+    """The embedded defaults, updated by a YAML file (if given), then by dotted-key overrides."""
+    data = default_data()
+    origin = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            user = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        if not isinstance(user, dict):
+            raise ConfigError(f"config file {path} must hold a mapping, got {type(user).__name__}")
+        data = _deep_merge(data, user)
+        origin = str(path)
+    config = validate(data, origin=origin)
+    return config.with_overrides(overrides) if overrides else config

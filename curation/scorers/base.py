@@ -1,0 +1,108 @@
+"""The scorer contract. A scorer is one small class: a name, a version, the columns it adds, what it needs
+(Python packages, CPU/GPU), a heavy ``setup()`` run once per worker process and a ``score()`` per clip.
+This base class owns the rest: lazy setup, timing, counters and error capture, so a bad input becomes data
+(an ``error`` and a reason on the clip) and never stops a shard."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from curation.errors import MediaError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    """What a scorer is asked to score: a time span of a probed source."""
+
+    path: str
+    start_s: float
+    end_s: float
+    probe: Any  # curation.media.ProbeResult
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+class Scorer(ABC):
+    name: ClassVar[str]
+    version: ClassVar[str]
+    fields: ClassVar[tuple[pa.Field, ...]]  # the manifest columns this scorer fills (all nullable)
+    requires: ClassVar[dict[str, str]] = {}  # importable module -> pip extra that installs it
+    num_cpus: ClassVar[float] = 1.0  # read by the Ray runner; a scorer never calls ray itself
+    num_gpus: ClassVar[float] = 0.0
+    needs_audio: ClassVar[bool] = False  # skip (leave null) on sources without an audio stream
+
+    def __init__(self, config: Any):
+        self.config = config  # must pickle: heavy state is built in setup()
+        self._ready = False
+        self.counters: Counter[str] = Counter()
+
+    # -- what subclasses write -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load models; called once per worker process, before the first clip."""
+
+    def close(self) -> None:
+        """Release models (called when the worker's scorer cache is dropped)."""
+
+    @abstractmethod
+    def score(self, clip: ClipSpan) -> dict[str, Any]:
+        """Columns for one clip (a subset of ``fields``); raise a MediaError for bad input."""
+
+    def models(self) -> dict[str, str]:
+        """Model name -> sha256 of every weight file this scorer loaded (for provenance)."""
+        return {}
+
+    @property
+    def version_tag(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    # -- what the base class does -----------------------------------------------------------------------
+    @classmethod
+    def check_requirements(cls) -> None:
+        for module, extra in cls.requires.items():
+            if importlib.util.find_spec(module) is None:
+                raise MissingDependencyError(
+                    f"the {cls.name} scorer needs the Python package {module!r}: "
+                    f"pip install 'megactor-pipeline[{extra}]'"
+                )
+
+    def ensure_setup(self) -> None:
+        if not self._ready:
+            self.check_requirements()
+            started = time.perf_counter()
+            self.setup()
+            self.counters["setup_s"] += time.perf_counter() - started
+            self._ready = True
+
+    def run(self, clip: ClipSpan) -> tuple[dict[str, Any], str | None, str | None]:
+        """``(columns, error_reason, error_message)`` for one clip, with timing and counters."""
+        if self.needs_audio and not clip.probe.has_audio:
+            self.counters["skipped_no_audio"] += 1
+            return {}, None, None
+        self.ensure_setup()
+        started = time.perf_counter()
+        try:
+            columns = self.score(clip)
+        except MediaError as error:
+            self.counters["errors"] += 1
+            return {}, error.reason, f"{self.name}: {error}"
+        except Exception as error:  # a bug must not kill the shard; it is counted and reported loudly
+            log.exception("%s crashed on %s [%.2f, %.2f]", self.name, clip.path, clip.start_s, clip.end_s)
+            self.counters["internal_errors"] += 1
+            return {}, "internal_error", f"{self.name}: {type(error).__name__}: {error}"
+        finally:
+            self.counters["wall_s"] += time.perf_counter() - started
+        self.counters["clips"] += 1
+        self.counters["video_s"] += clip.duration_s
+        return columns, None, None

@@ -1,0 +1,174 @@
+"""The weights registry: every model file the project uses, where it officially comes from, its checksum and
+licence; a cache directory (``MEGACTOR_WEIGHTS_DIR``); a resumable, verified fetch.
+
+A file is looked up as ``<weights dir>/<relpath>``, then in the air-gapped mirror ``MEGACTOR_WEIGHTS_MIRROR``
+(same layout) if set. A missing or corrupt file raises :class:`WeightsMissingError` naming the fetch command."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from curation.errors import WeightsMissingError
+from curation.settings import weights_dir
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    name: str
+    relpath: str
+    urls: tuple[str, ...]
+    sha256: str
+    size_bytes: int
+    licence: str
+    description: str
+    auto_fetch: bool = False  # small files may be fetched on first use; large ones only by the fetch command
+
+
+REGISTRY: dict[str, WeightSpec] = {
+    spec.name: spec
+    for spec in (
+        WeightSpec(
+            name="face_landmarker",
+            relpath="mediapipe/face_landmarker.task",
+            urls=(
+                "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/"
+                "face_landmarker.task",
+            ),
+            sha256="64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff",
+            size_bytes=3_758_596,
+            licence="Apache-2.0",
+            description="MediaPipe Face Landmarker (face detector + 478 landmarks + transformation matrix)",
+            auto_fetch=True,
+        ),
+    )
+}
+
+
+def fetch_command(name: str) -> str:
+    return f"megactor weights fetch {name}"
+
+
+def get_spec(name: str) -> WeightSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise WeightsMissingError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _candidates(spec: WeightSpec) -> list[Path]:
+    paths = [weights_dir() / spec.relpath]
+    mirror = os.environ.get("MEGACTOR_WEIGHTS_MIRROR")
+    if mirror:
+        paths.append(Path(mirror).expanduser() / spec.relpath)
+    return paths
+
+
+def status(name: str) -> tuple[str, Path]:
+    """``("ok" | "missing" | "corrupt", path)`` for a registered model, without downloading."""
+    spec = get_spec(name)
+    for path in _candidates(spec):
+        if path.is_file():
+            return ("ok" if sha256_file(path) == spec.sha256 else "corrupt"), path
+    return "missing", _candidates(spec)[0]
+
+
+def resolve(name: str, *, allow_fetch: bool | None = None) -> Path:
+    """The verified local path of a model. Small models marked ``auto_fetch`` are downloaded on first use
+    unless ``MEGACTOR_OFFLINE=1``."""
+    spec = get_spec(name)
+    state, path = status(name)
+    if state == "ok":
+        return path
+    if state == "corrupt":
+        raise WeightsMissingError(
+            f"{path} does not match the registered sha256 of {name} ({spec.sha256[:12]}...): delete it and run "
+            f"`{fetch_command(name)}`"
+        )
+    if allow_fetch is None:
+        allow_fetch = spec.auto_fetch and os.environ.get("MEGACTOR_OFFLINE", "") not in ("1", "true")
+    if allow_fetch:
+        try:
+            return fetch(name, progress=False)
+        except WeightsMissingError as error:
+            raise WeightsMissingError(f"{name} is missing and could not be fetched: {error}") from None
+    raise WeightsMissingError(
+        f"model {name} not found at {path}. Run `{fetch_command(name)}`, or set MEGACTOR_WEIGHTS_DIR to a "
+        f"directory holding {spec.relpath}"
+    )
+
+
+def fetch(name: str, *, progress: bool = True, timeout_s: float = 60.0) -> Path:
+    """Download a model into the cache, resuming a partial ``.part`` file, and verify its sha256."""
+    spec = get_spec(name)
+    target = weights_dir() / spec.relpath
+    state, found = status(name)
+    if state == "ok":
+        return found
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".part")
+    errors = []
+    for url in spec.urls:
+        try:
+            _download(url, partial, spec.size_bytes, progress=progress, timeout_s=timeout_s)
+        except (urllib.error.URLError, OSError) as error:
+            errors.append(f"{url}: {error}")
+            continue
+        digest = sha256_file(partial)
+        if digest != spec.sha256:
+            partial.unlink(missing_ok=True)
+            errors.append(f"{url}: checksum mismatch (got {digest[:12]}..., want {spec.sha256[:12]}...)")
+            continue
+        os.replace(partial, target)
+        return target
+    raise WeightsMissingError(
+        f"could not download {name}: " + "; ".join(errors) + f". Place {spec.relpath} under {weights_dir()} "
+        "(or a mirror directory named by MEGACTOR_WEIGHTS_MIRROR) by hand."
+    )
+
+
+def _download(url: str, partial: Path, size: int, *, progress: bool, timeout_s: float) -> None:
+    have = partial.stat().st_size if partial.exists() else 0
+    if have > size:
+        partial.unlink()
+        have = 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        if have and response.status != 206:  # server ignored the range: start over
+            have = 0
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5])
+        with open(partial, "ab" if have else "wb") as handle:
+            while block := response.read(1 << 20):
+                handle.write(block)
+                if bar:
+                    bar.update(len(block))
+        if bar:
+            bar.close()
+
+
+def copy_into_cache(name: str, source: Path) -> Path:
+    """Install a file obtained out of band (verified first)."""
+    spec = get_spec(name)
+    if sha256_file(source) != spec.sha256:
+        raise WeightsMissingError(f"{source} does not match the registered sha256 of {name}")
+    target = weights_dir() / spec.relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
