@@ -75,9 +75,59 @@ VERSIONS = (
     pa.field("audio_version", pa.string()),
     pa.field("sync_version", pa.string()),
 )
+COLUMN_DOCS = {
+    "clip_id": "uuid5 of the source's content id and the span: stable across reruns",
+    "video_id": "content id of the source file (sampled blake2b; same bytes, same id, wherever the file lives)",
+    "dataset": "dataset name from the source configuration",
+    "source_path": "absolute path of the source video at curation time",
+    "source_relpath": "path relative to the dataset root (portable across machines)",
+    "origin_video_id": "id of the original video the dataset cut the file from (e.g. YouTube id), if known",
+    "speaker_id": "speaker/identity id from the dataset layout, if known",
+    "clip_index": "position of the clip within its source (0-based)",
+    "scene_index": "shot the clip belongs to (null when the source was rejected before shot splitting)",
+    "start_s": "clip start in source seconds", "end_s": "clip end in source seconds",
+    "duration_s": "end_s - start_s",
+    "fps": "source average frame rate", "fps_nominal": "source nominal (r_frame_rate) frame rate",
+    "vfr": "source has a variable frame rate", "width": "source display width (after rotation)",
+    "height": "source display height (after rotation)", "rotation": "rotation metadata in degrees",
+    "video_codec": "source video codec", "has_video": "source has a video stream",
+    "has_audio": "source has an audio stream", "audio_codec": "source audio codec",
+    "audio_sample_rate": "source audio sample rate (Hz)", "source_duration_s": "source duration (s)",
+    "source_size_bytes": "source file size", "scene_detector": "shot detector and its settings",
+    "face_frames_sampled": "frames sent to the face model",
+    "face_present_frac": "fraction of sampled frames with at least one face",
+    "face_count_max": "most faces seen in one sampled frame",
+    "multi_face_frac": "fraction of sampled frames with more than one face",
+    "face_res_px": "effective face resolution: median over frames of min(w, h) of the face landmark box, "
+                   "source pixels (the side of the largest square inside the face)",
+    "face_res_p10_px": "10th percentile of the per-frame effective face resolution",
+    "face_box": "median face box [x0, y0, x1, y1], source pixels",
+    "face_track": "per sampled frame: time, face count, face/eyes/mouth boxes (source pixels), yaw/pitch/roll",
+    "yaw_abs_mean_deg": "mean |yaw| of the head over frames with a face (degrees; 0 = frontal)",
+    "pose_yaw_mean_deg": "mean signed yaw (degrees)", "pose_yaw_abs_p90_deg": "90th percentile of |yaw|",
+    "pose_pitch_mean_deg": "mean pitch (degrees)", "pose_roll_mean_deg": "mean roll (degrees)",
+    "audio_speech_frac": "fraction of 30 ms audio frames WebRTC VAD marks as speech",
+    "audio_rms_dbfs": "RMS level of the clip's audio (dBFS)",
+    "sync_offset": "SyncNet audio-video offset (frames)", "sync_c": "SyncNet confidence (Sync-C)",
+    "sync_d": "SyncNet minimum distance (Sync-D)",
+    "keep": "true when every rule was scored and passed",
+    "status": "kept | rejected | pending (nothing failed, some rule not scored) | error",
+    "reject_reasons": "every rule the clip failed (snake_case), plus the error reason if any",
+    "unscored_rules": "rules whose inputs were not computed for this clip",
+    "error": "error message (null when none)", "error_reason": "snake_case code of the error",
+    "gate_version": "metadata gate version", "scene_version": "shot detector version",
+    "face_version": "face scorer version", "audio_version": "audio scorer version",
+    "sync_version": "lip-sync scorer version",
+}
+
+
+def _documented(fields) -> list[pa.Field]:
+    return [f.with_metadata({"description": COLUMN_DOCS[f.name]}) for f in fields]
+
+
 SCHEMA = pa.schema(
-    IDENTITY + SOURCE + (pa.field("scene_detector", pa.string()),)
-    + MediaPipeFaceScorer.fields + AudioActivityScorer.fields + SYNC + DECISION + VERSIONS,
+    _documented(IDENTITY + SOURCE + (pa.field("scene_detector", pa.string()),)
+                + MediaPipeFaceScorer.fields + AudioActivityScorer.fields + SYNC + DECISION + VERSIONS),
     metadata={"megactor.schema_version": SCHEMA_VERSION},
 )
 REQUIRED_COLUMNS = (

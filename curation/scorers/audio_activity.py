@@ -37,6 +37,7 @@ def rms_dbfs(audio: np.ndarray) -> float | None:
 class AudioActivityScorer(Scorer):
     name = "audio_activity"
     version = "1.0"
+    version_column = "audio_version"
     requires = {"webrtcvad": "curation"}
     needs_audio = True
     fields = (

@@ -38,6 +38,7 @@ class Scorer(ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     fields: ClassVar[tuple[pa.Field, ...]]  # the manifest columns this scorer fills (all nullable)
+    version_column: ClassVar[str]  # the manifest column that records which scorer version filled them
     requires: ClassVar[dict[str, str]] = {}  # importable module -> pip extra that installs it
     num_cpus: ClassVar[float] = 1.0  # read by the Ray runner; a scorer never calls ray itself
     num_gpus: ClassVar[float] = 0.0

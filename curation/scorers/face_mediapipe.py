@@ -58,6 +58,7 @@ def _box(points: np.ndarray, width: int, height: int) -> list[float]:
 class MediaPipeFaceScorer(Scorer):
     name = "face_mediapipe"
     version = "1.0"
+    version_column = "face_version"
     requires = {"mediapipe": "curation"}
     fields = (
         pa.field("face_frames_sampled", pa.int32()),

@@ -1,0 +1,295 @@
+"""Prefect-free curation stages: plan shards from the inventory and process one shard end to end
+(metadata gate -> shot split -> clip gate -> scorers -> decision -> one atomic Parquet part + done marker).
+
+Output layout::
+
+    OUTPUT/manifest/part-NNNNN.parquet   one part per shard (read the directory with pandas/duckdb)
+    OUTPUT/inventory/part-NNNNN.parquet  one row per source file
+    OUTPUT/README.md, summary.json       the dataset card and run summary (beside, not inside, manifest/)
+    OUTPUT/config.yaml                   the resolved configuration
+    OUTPUT/_state/                       plan, done markers (resume)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curation import clips, filters, manifest
+from curation.config import CurationConfig
+from curation.errors import ConfigError, MediaError
+from curation.io import write_json_atomic
+from curation.media import ProbeResult
+from curation.scorers.audio_activity import AudioActivityScorer
+from curation.scorers.base import ClipSpan, Scorer
+from curation.scorers.face_mediapipe import MediaPipeFaceScorer
+
+log = logging.getLogger(__name__)
+
+GATE_VERSION = "metadata_gate@1.0"
+PROBE_FIELDS = tuple(ProbeResult.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest"
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "_state"
+
+    def shard_done(self, shard: int) -> Path:
+        return self.state / "shards" / f"shard-{shard:05d}.json"
+
+    def inventory_done(self, batch: int) -> Path:
+        return self.state / "inventory" / f"batch-{batch:05d}.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.state / "plan.json"
+
+
+# -- provenance ----------------------------------------------------------------------------------------------
+
+def code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        base = version("megactor-pipeline")
+    except PackageNotFoundError:
+        base = "0+unknown"
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{base}+g{commit}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return base
+
+
+def build_scorers(config: CurationConfig) -> list[Scorer]:
+    if config.profile == "lite":
+        return [MediaPipeFaceScorer(config.face), AudioActivityScorer(config.audio)]
+    raise ConfigError(
+        f"profile {config.profile!r} needs the DWPose and SyncNet scorers, which are not part of this release; "
+        "use --profile lite"
+    )
+
+
+def provenance(config: CurationConfig) -> dict[str, Any]:
+    models: dict[str, str] = {}
+    for scorer in build_scorers(config):
+        models.update(scorer.models())
+    return {
+        "schema_version": manifest.SCHEMA_VERSION,
+        "code_version": code_version(),
+        "config_hash": config.config_hash(),
+        "scoring_hash": config.scoring_hash(),
+        "profile": config.profile,
+        "models": models,
+        "scorers": [s.version_tag for s in build_scorers(config)],
+        "gate": GATE_VERSION,
+    }
+
+
+# -- planning ------------------------------------------------------------------------------------------------
+
+def plan_shards(inventory_rows: Sequence[dict[str, Any]], *, shard_hours: float, max_files: int) -> list[list[str]]:
+    """Deterministic shards of source paths, each about ``shard_hours`` of footage and at most ``max_files``
+    files, in the inventory's (dataset, relpath) order. Unprobeable files go with their neighbours."""
+    ordered = sorted(inventory_rows, key=lambda r: (r["dataset"], r["source_relpath"] or "", r["source_path"]))
+    shards: list[list[str]] = []
+    current: list[str] = []
+    seconds = 0.0
+    for row in ordered:
+        current.append(row["source_path"])
+        seconds += row.get("duration_s") or 0.0
+        if seconds >= shard_hours * 3600 or len(current) >= max_files:
+            shards.append(current)
+            current, seconds = [], 0.0
+    if current:
+        shards.append(current)
+    return shards
+
+
+def load_or_save_plan(layout: OutputLayout, shards: list[list[str]], config: CurationConfig) -> list[list[str]]:
+    """The plan of an earlier run into this output, if any (so a resume reuses it exactly); refuses to mix
+    runs over different inputs or scoring settings into one manifest."""
+    wanted = {"scoring_hash": config.scoring_hash(), "shards": shards}
+    if layout.plan.exists():
+        saved = json.loads(layout.plan.read_text())
+        if saved["scoring_hash"] != wanted["scoring_hash"]:
+            raise ConfigError(
+                f"{layout.root} holds a run with different scoring settings (hash {saved['scoring_hash']}, now "
+                f"{wanted['scoring_hash']}); use another --output, or `megactor filter` to change thresholds only"
+            )
+        if saved["shards"] != shards:
+            before = {p for s in saved["shards"] for p in s}
+            now = {p for s in shards for p in s}
+            raise ConfigError(
+                f"the input changed since {layout.root} was planned ({len(now - before)} new, "
+                f"{len(before - now)} missing source files); use another --output"
+            )
+        return saved["shards"]
+    write_json_atomic(wanted, layout.plan)
+    return shards
+
+
+# -- processing one shard ------------------------------------------------------------------------------------
+
+_SCORER_CACHE: dict[str, list[Scorer]] = {}
+
+
+def cached_scorers(config: CurationConfig) -> list[Scorer]:
+    """Scorers of this worker process: models load once per process, not per shard or clip."""
+    key = config.scoring_hash()
+    if key not in _SCORER_CACHE:
+        _SCORER_CACHE[key] = build_scorers(config)
+    return _SCORER_CACHE[key]
+
+
+def _probe_from_row(row: dict[str, Any]) -> ProbeResult:
+    return ProbeResult(**{name: row.get(name) for name in PROBE_FIELDS})
+
+
+def _base_row(source: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "video_id": source["content_id"] or "",
+        "dataset": source["dataset"],
+        "source_path": source["source_path"],
+        "source_relpath": source.get("source_relpath"),
+        "origin_video_id": source.get("origin_video_id"),
+        "speaker_id": source.get("speaker_id"),
+        "fps": source.get("fps_avg"),
+        "fps_nominal": source.get("fps_nominal"),
+        "vfr": source.get("vfr"),
+        "width": source.get("width"),
+        "height": source.get("height"),
+        "rotation": source.get("rotation"),
+        "video_codec": source.get("video_codec"),
+        "has_video": source.get("has_video"),
+        "has_audio": source.get("has_audio"),
+        "audio_codec": source.get("audio_codec"),
+        "audio_sample_rate": source.get("audio_sample_rate"),
+        "source_duration_s": source.get("duration_s"),
+        "source_size_bytes": source.get("size_bytes"),
+        "gate_version": GATE_VERSION,
+    }
+
+
+def _span_row(base: dict[str, Any], start: float, end: float, clip_index: int, scene_index: int | None) -> dict:
+    return {**base, "clip_id": manifest.clip_id(base["video_id"] or base["source_path"], start, end),
+            "start_s": start, "end_s": end, "duration_s": end - start, "clip_index": clip_index,
+            "scene_index": scene_index}
+
+
+class ShardProcessor:
+    def __init__(self, config: CurationConfig, output: str | Path):
+        self.config = config
+        self.layout = OutputLayout(Path(output))
+        self.thresholds = config.thresholds
+        self.score_all = config.runtime.score_all
+
+    def process(self, shard: int, sources: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        """Score one shard and commit it (part file, then done marker). Returns the shard's counters."""
+        started = time.perf_counter()
+        scorers = cached_scorers(self.config)
+        before = {s.name: Counter(s.counters) for s in scorers}
+        counters: Counter[str] = Counter()
+        rows: list[dict[str, Any]] = []
+        for source in sources:
+            rows.extend(self._source(source, scorers, counters))
+        rows = [manifest.apply_decision(row, self.thresholds) for row in rows]
+        table = manifest.to_table(rows, provenance(self.config))
+        manifest.write_part(table, self.layout.manifest, shard)
+        scorer_counters = {s.name: dict(Counter(s.counters) - before[s.name]) for s in scorers}
+        counters["clips"] = len(rows)
+        result = {"shard": shard, "rows": len(rows), "wall_s": time.perf_counter() - started,
+                  "counters": dict(counters), "scorers": scorer_counters, "pid": os.getpid()}
+        write_json_atomic(result, self.layout.shard_done(shard))
+        return result
+
+    def _frames_decoded(self, scorers: list[Scorer], counters: Counter) -> int:
+        return counters["scene_frames_decoded"] + sum(s.counters["frames_decoded"] for s in scorers)
+
+    def _source(self, source: dict[str, Any], scorers: list[Scorer], counters: Counter) -> list[dict[str, Any]]:
+        counters["sources"] += 1
+        base = _base_row(source)
+        duration = source.get("duration_s") or 0.0
+        if source.get("probe_status") != "ok":
+            counters["sources_probe_error"] += 1
+            return [{**_span_row(base, 0.0, duration, 0, None), "error": source.get("probe_error"),
+                     "error_reason": source.get("probe_error_reason") or "probe_failed"}]
+        rejected = filters.gate_reasons(base, self.thresholds, clip_level=False)
+        frames_before = self._frames_decoded(scorers, counters)
+        if rejected and not self.score_all:
+            counters["sources_gate_rejected"] += 1
+            counters["video_s_gate_rejected"] += duration
+            return [_span_row(base, 0.0, duration, 0, None)]
+        rows = self._split_and_score(source, base, scorers, counters)
+        decoded = self._frames_decoded(scorers, counters) - frames_before
+        counters["frames_decoded_gate_rejected_sources" if rejected else "frames_decoded_gate_passed_sources"] += decoded
+        return rows
+
+    def _split_and_score(self, source, base, scorers, counters) -> list[dict[str, Any]]:
+        probe = _probe_from_row(source)
+        path = source["source_path"]
+        duration = probe.duration_s or 0.0
+        try:
+            scenes = clips.detect_cuts(path, probe, max_side=self.config.clips.scene_max_side,
+                                       threshold=self.config.clips.scene_threshold)
+        except MediaError as error:
+            counters["sources_decode_error"] += 1
+            return [{**_span_row(base, 0.0, duration, 0, None), "error": str(error), "error_reason": error.reason}]
+        counters["scene_frames_decoded"] += scenes.frames_decoded
+        spans = clips.split_spans(duration, scenes.cuts_s, min_clip_s=self.thresholds.clip_s_min,
+                                  max_clip_s=self.config.clips.max_clip_s)
+        base = {**base, "scene_detector": scenes.detector, "scene_version": scenes.detector}
+        rows = []
+        for clip_index, span in enumerate(spans):
+            row = _span_row(base, span.start_s, span.end_s, clip_index, span.index)
+            if filters.gate_reasons(row, self.thresholds, clip_level=True) and not self.score_all:
+                counters["clips_gate_rejected"] += 1
+            else:
+                self._score(row, ClipSpan(path, span.start_s, span.end_s, probe), scorers, counters)
+            rows.append(row)
+        return rows
+
+    def _score(self, row: dict[str, Any], clip: ClipSpan, scorers: list[Scorer], counters: Counter) -> None:
+        counters["clips_scored"] += 1
+        counters["video_s_scored"] += clip.duration_s
+        for scorer in scorers:
+            columns, reason, message = scorer.run(clip)
+            row.update(columns)
+            row[scorer.version_column] = scorer.version_tag
+            if message and not row.get("error"):
+                row["error"], row["error_reason"] = message, reason
+
+
+def listing_digest(paths: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
+
+
+def ray_resources(config: CurationConfig) -> dict[str, float]:
+    """Per-shard resource request, from the scorer classes (the runner, not the scorers, talks to Ray)."""
+    scorers = build_scorers(config)
+    return {"num_cpus": max(s.num_cpus for s in scorers), "num_gpus": sum(s.num_gpus for s in scorers)}

@@ -1,0 +1,258 @@
+"""``megactor``: the command line. Errors the user can fix print one line and exit 2; a run whose shards
+failed exits 1; success exits 0."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from curation.errors import MegactorError
+
+EPILOG = """examples:
+  megactor curate --input ~/data/hdtf --kind hdtf --output runs/hdtf
+  megactor curate --input videos/ --output runs/demo --score-all
+  megactor filter --manifest runs/hdtf --output runs/hdtf-400px --face-res-min 400
+  megactor inventory --input ~/data/vox2 --kind voxceleb2
+  megactor summary runs/hdtf
+  megactor weights list
+
+environment: MEGACTOR_WEIGHTS_DIR (model cache), PREFECT_API_URL (a Prefect server; unset: a local one is
+started for the run), MEGACTOR_OFFLINE=1 (never download)."""
+
+
+def _quiet_defaults() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ logging
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in getattr(args, "set", None) or []:
+        if "=" not in item:
+            raise MegactorError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value)
+    flags = {
+        "face_res_min": "thresholds.face_res_px_min", "yaw_max": "thresholds.yaw_abs_mean_deg_max",
+        "sync_c_min": "thresholds.sync_c_min", "sync_d_max": "thresholds.sync_d_max",
+        "profile": "profile", "ray_address": "runtime.ray_address",
+    }
+    for attr, key in flags.items():
+        if getattr(args, attr, None) is not None:
+            overrides[key] = getattr(args, attr)
+    if getattr(args, "score_all", False):
+        overrides["runtime.score_all"] = True
+    if getattr(args, "no_require_lip_sync", False):
+        overrides["thresholds.require_lip_sync"] = False
+    return overrides
+
+
+def _add_threshold_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("thresholds (paper defaults)")
+    group.add_argument("--face-res-min", type=float, help="minimum effective face resolution, px (600)")
+    group.add_argument("--yaw-max", type=float, help="maximum mean |yaw|, degrees (30)")
+    group.add_argument("--sync-c-min", type=float, help="Sync-C must exceed this (6)")
+    group.add_argument("--sync-d-max", type=float, help="Sync-D must be below this (8.5)")
+    group.add_argument("--no-require-lip-sync", action="store_true",
+                       help="decide without Sync-C/Sync-D (otherwise unscored clips are 'pending')")
+    group.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any config value, dotted (repeatable), e.g. --set face.sample_fps=2")
+
+
+def _load(args: argparse.Namespace, with_input: bool):
+    from curation.config import load_config
+
+    config = load_config(getattr(args, "config", None), _overrides(args))
+    if with_input and args.input:
+        from curation.config import SourceConfig, validate
+
+        roots = [SourceConfig(kind=args.kind, root=Path(p).resolve(), dataset=args.dataset) for p in args.input]
+        config = validate({**config.to_dict(), "sources": [s.model_dump(mode="json") for s in roots]})
+    return config
+
+
+def cmd_curate(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    config = _load(args, with_input=True)
+    if not config.sources:
+        raise MegactorError("nothing to curate: pass --input DIR or list sources in --config")
+    from flows.server import LocalPrefectServer
+
+    server = nullcontext() if os.environ.get("PREFECT_API_URL") else LocalPrefectServer(keep=args.keep_server)
+    with server as running:
+        if running is not None:
+            print(f"Prefect UI: {running.ui_url} (local server for this run)", flush=True)
+        from flows.curate import run_curation
+
+        summary = run_curation(config, args.output, executor=args.executor)
+    _print_outcome(Path(args.output).resolve(), summary)
+    return 0
+
+
+def _print_outcome(output: Path, summary: dict[str, Any]) -> None:
+    print()
+    print(f"clips: {summary['clips']} from {summary['sources']} sources; status: {summary['status']}")
+    if summary["reject_reasons"]:
+        print("reject reasons: " + ", ".join(f"{k}={v}" for k, v in summary["reject_reasons"].items()))
+    print(f"manifest: {output / 'manifest'}  (pandas.read_parquet on this directory)")
+    print(f"summary:  {output / 'summary.json'}")
+    print(f"card:     {output / 'README.md'}")
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from curation import manifest
+    from curation.io import part_files
+
+    source = Path(args.manifest)
+    if (source / "manifest").is_dir():
+        source = source / "manifest"
+    if not part_files(source):
+        raise MegactorError(f"no manifest part files in {source}")
+    config = _load(args, with_input=False)
+    output = Path(args.output)
+    if output.resolve() == source.resolve() or output.resolve() == source.parent.resolve():
+        raise MegactorError("--output must differ from the input manifest (the input is never modified)")
+    written = manifest.refilter(source, output / "manifest", config.thresholds,
+                                {"thresholds": config.thresholds.model_dump(), "refiltered_from": str(source)})
+    table = manifest.read_manifest(output / "manifest")
+    status = table.column("status").value_counts().to_pylist()
+    print(f"{len(written)} part(s), {table.num_rows} clips re-decided -> {output / 'manifest'}")
+    print("status: " + ", ".join(f"{s['values']}={s['counts']}" for s in status))
+    return 0
+
+
+def cmd_inventory(args: argparse.Namespace) -> int:
+    from curation import inventory
+    from curation.sources import make_source
+
+    adapters = [make_source(args.kind, Path(p).resolve(), args.dataset) for p in args.input]
+    table = inventory.build_inventory(adapters, workers=args.workers, progress=True)
+    if args.output:
+        path = inventory.write_inventory(table, Path(args.output) / "inventory")
+        print(f"inventory: {path}")
+    print(inventory.format_hours_table(inventory.hours_by_dataset(table)))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    path = Path(args.output) / "summary.json"
+    if not path.is_file():
+        raise MegactorError(f"no summary.json in {args.output} (has a curation run finished there?)")
+    summary = json.loads(path.read_text())
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['clips']} clips from {summary['sources']} sources; status {summary['status']}")
+    for d in summary["datasets"]:
+        print(f"  {d['dataset']:<20} {d['hours_in']:9.3f} h in  {d['hours_kept']:9.3f} h kept "
+              f"({d['kept_pct_hours']:.1f} %)  clips {d['clips_kept']}/{d['clips']}")
+    print("reject reasons: " + (", ".join(f"{k}={v}" for k, v in summary["reject_reasons"].items()) or "none"))
+    rtf = summary.get("scoring_realtime_factor")
+    if rtf:
+        print(f"scoring speed: {rtf:.2f} s of video per scorer-second")
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from curation import weights
+
+    if args.action == "list":
+        print(f"cache: {weights.weights_dir()}")
+        for name, spec in sorted(weights.REGISTRY.items()):
+            state, path = weights.status(name)
+            print(f"  {name:<18} {state:<8} {spec.size_bytes / 1e6:8.1f} MB  {spec.licence:<12} {path}")
+        return 0
+    names = args.names or sorted(weights.REGISTRY)
+    for name in names:
+        print(f"{name}: {weights.fetch(name, progress=True)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megactor", description="MegActor-Sigma public-data curation.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    curate = commands.add_parser("curate", help="score a folder of videos into a filtered manifest",
+                                 description="Inventory, split, score and filter videos (Prefect flow on Ray).")
+    curate.add_argument("--input", action="append", metavar="DIR", help="a dataset root (repeatable)")
+    curate.add_argument("--kind", default="folder",
+                        help="layout of --input: folder, hdtf, celebv_hq, voxceleb2, talkinghead_1kh, multitalk")
+    curate.add_argument("--dataset", help="dataset name (default: the kind, or the folder's name)")
+    curate.add_argument("--output", required=True, metavar="DIR", help="output directory (reruns resume it)")
+    curate.add_argument("--config", metavar="FILE", help="YAML config overriding the defaults")
+    curate.add_argument("--profile", choices=["lite", "paper"], help="scorer set (lite: MediaPipe on CPU)")
+    curate.add_argument("--score-all", action="store_true",
+                        help="score every clip with every measure, gate-rejected ones too (analysis)")
+    curate.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
+    curate.add_argument("--executor", choices=["ray", "local"], default="ray",
+                        help="task runner: ray (default) or local (one thread, for debugging)")
+    curate.add_argument("--keep-server", action="store_true", help="leave the local Prefect server running")
+    _add_threshold_flags(curate)
+    curate.set_defaults(func=cmd_curate)
+
+    refilter = commands.add_parser("filter", help="re-apply thresholds to a manifest without re-scoring")
+    refilter.add_argument("--manifest", required=True, metavar="DIR", help="a run's output or manifest directory")
+    refilter.add_argument("--output", required=True, metavar="DIR", help="where the re-decided manifest goes")
+    refilter.add_argument("--config", metavar="FILE", help="YAML config with thresholds")
+    _add_threshold_flags(refilter)
+    refilter.set_defaults(func=cmd_filter)
+
+    inv = commands.add_parser("inventory", help="probe source files and print hours per dataset")
+    inv.add_argument("--input", action="append", required=True, metavar="DIR")
+    inv.add_argument("--kind", default="folder")
+    inv.add_argument("--dataset")
+    inv.add_argument("--output", metavar="DIR", help="also write OUTPUT/inventory/part-00000.parquet")
+    inv.add_argument("--workers", type=int, default=4, help="parallel ffprobe calls")
+    inv.set_defaults(func=cmd_inventory)
+
+    summ = commands.add_parser("summary", help="print a finished run's summary")
+    summ.add_argument("output", metavar="DIR")
+    summ.add_argument("--json", action="store_true")
+    summ.set_defaults(func=cmd_summary)
+
+    wts = commands.add_parser("weights", help="list or fetch model weights")
+    wts.add_argument("action", choices=["list", "fetch"])
+    wts.add_argument("names", nargs="*")
+    wts.set_defaults(func=cmd_weights)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_defaults()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MegactorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except RuntimeError as error:
+        if "shard(s) failed" in str(error):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

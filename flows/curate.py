@@ -1,0 +1,171 @@
+"""The curation flow: list sources -> inventory batches -> plan shards -> score shards on Ray -> summarise.
+
+Flows only compose: every step calls Prefect-free code in ``curation``. Tasks are shards (about an hour of
+footage each), never clips. Completed inventory batches and shards are skipped on rerun, so a crashed run
+resumes where it stopped and never duplicates a row."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm import tqdm
+
+from curation import inventory, pipeline
+from curation.config import CurationConfig
+from curation.errors import ConfigError
+from curation.io import write_json_atomic, write_text_atomic
+from curation.sources import SourceFile, make_source
+from curation.summary import build_summary, write_card, write_summary
+
+ENV_FOR_WORKERS = ("PREFECT_API_URL", "MEGACTOR_WEIGHTS_DIR", "MEGACTOR_WEIGHTS_MIRROR", "MEGACTOR_OFFLINE",
+                   "MEGACTOR_ASSETS", "PREFECT_SERVER_ANALYTICS_ENABLED")
+
+
+@task(name="inventory-batch", cache_policy=NO_CACHE, retries=1)
+def inventory_batch(batch: int, files: list[SourceFile], config: CurationConfig, output: str) -> int:
+    layout = pipeline.OutputLayout(Path(output))
+    rows = inventory.inventory_rows(files, timeout_s=config.runtime.probe_timeout_s)
+    inventory.write_inventory(inventory.to_table(rows), layout.inventory, part_name=f"part-{batch:05d}.parquet")
+    write_json_atomic({"batch": batch, "files": len(files)}, layout.inventory_done(batch))
+    return len(rows)
+
+
+@task(name="score-shard", cache_policy=NO_CACHE)
+def score_shard(shard: int, sources: list[dict[str, Any]], config: CurationConfig, output: str) -> dict[str, Any]:
+    result = pipeline.ShardProcessor(config, output).process(shard, sources)
+    get_run_logger().info("shard %d: %d sources, %d clips in %.1f s", shard, len(sources), result["rows"],
+                          result["wall_s"])
+    return result
+
+
+def _list_files(config: CurationConfig) -> tuple[list[SourceFile], dict[str, Any]]:
+    files: list[SourceFile] = []
+    ignored: dict[str, Any] = {}
+    for source_config in config.sources:
+        adapter = make_source(source_config.kind, source_config.root, source_config.dataset)
+        files.extend(adapter.iter_files())
+        ignored[adapter.dataset] = dict(getattr(adapter, "ignored", {}))
+    return files, ignored
+
+
+def _chunks(items: Sequence, size: int) -> list[Sequence]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _check_listing(layout: pipeline.OutputLayout, files: list[SourceFile]) -> None:
+    digest = pipeline.listing_digest(f.path for f in files)
+    marker = layout.state / "listing.json"
+    if marker.exists():
+        import json
+
+        saved = json.loads(marker.read_text())
+        if saved["digest"] != digest:
+            raise ConfigError(
+                f"the input files differ from those {layout.root} was started with ({saved['files']} then, "
+                f"{len(files)} now); use another --output"
+            )
+    else:
+        write_json_atomic({"digest": digest, "files": len(files)}, marker)
+
+
+def _submit(task_fn, items: list[tuple], resources: dict[str, float]):
+    """Submit with Ray resource requests when running on Ray; plain submit otherwise."""
+    try:
+        from prefect_ray.context import remote_options
+    except ImportError:  # pragma: no cover - prefect-ray is a base dependency
+        remote_options = None
+    if remote_options is None:
+        return [task_fn.submit(*args) for args in items]
+    with remote_options(**resources):
+        return [task_fn.submit(*args) for args in items]
+
+
+@flow(name="megactor-curate", log_prints=True)
+def curate(config: CurationConfig, output: str) -> dict[str, Any]:
+    logger = get_run_logger()
+    layout = pipeline.OutputLayout(Path(output))
+    layout.state.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(yaml.safe_dump(config.to_dict(), sort_keys=False), layout.root / "config.yaml")
+    resources = pipeline.ray_resources(config)
+
+    # 1. list the sources (cheap, on the driver)
+    files, ignored = _list_files(config)
+    if not files:
+        raise ConfigError("no video files found under " + ", ".join(str(s.root) for s in config.sources))
+    _check_listing(layout, files)
+    logger.info("%d video files listed; ignored non-video files: %s", len(files), ignored)
+
+    # 2. inventory: probe and hash every file, in batches (skipping batches already committed)
+    batches = _chunks(files, config.runtime.inventory_batch_files)
+    todo = [(i, list(b), config, output) for i, b in enumerate(batches) if not layout.inventory_done(i).exists()]
+    for future in tqdm(as_completed(_submit(inventory_batch, todo, {"num_cpus": 1})), total=len(todo),
+                       desc="inventory", unit="batch", disable=not todo):
+        future.result()
+    inventory_rows = inventory.read_inventory(layout.inventory).to_pylist()
+    by_path = {row["source_path"]: row for row in inventory_rows}
+
+    # 3. plan shards (deterministic; an existing plan is reused exactly)
+    plan = pipeline.load_or_save_plan(layout, pipeline.plan_shards(
+        inventory_rows, shard_hours=config.runtime.shard_hours, max_files=config.runtime.shard_max_files), config)
+    done = [i for i in range(len(plan)) if layout.shard_done(i).exists()]
+    todo = [(i, [by_path[p] for p in paths], config, output) for i, paths in enumerate(plan)
+            if not layout.shard_done(i).exists()]
+    logger.info("%d shards planned, %d already done, %d to score", len(plan), len(done), len(todo))
+
+    # 4. score shards on the task runner (Ray by default), with progress in the terminal and the UI
+    progress_id = create_progress_artifact(progress=100.0 * len(done) / len(plan), key="curation-progress",
+                                           description=f"shards scored of {len(plan)}")
+    failures = []
+    finished = len(done)
+    for future in tqdm(as_completed(_submit(score_shard, todo, resources)), total=len(todo), desc="shards",
+                       unit="shard", disable=not todo):
+        try:
+            future.result()
+        except Exception as error:  # one shard failing must not lose the others: report it, rerun resumes it
+            failures.append(str(error))
+            logger.error("a shard failed: %s", error)
+        finished += 1
+        update_progress_artifact(progress_id, 100.0 * finished / len(plan))
+
+    # 5. summarise what is on disk (so a resumed run reports everything)
+    provenance = pipeline.provenance(config)
+    summary = build_summary(layout, config, provenance, shards_planned=len(plan))
+    summary["ignored_files"] = ignored
+    summary["failed_shards"] = failures
+    write_summary(layout, summary)
+    write_card(layout, summary)
+    create_table_artifact(
+        key="curation-datasets",
+        table=[{k: v for k, v in d.items() if not isinstance(v, dict)} for d in summary["datasets"]],
+        description=f"per-dataset totals of {layout.root}",
+    )
+    if failures:
+        raise RuntimeError(f"{len(failures)} shard(s) failed; rerun the same command to retry them: {failures[:3]}")
+    return summary
+
+
+def task_runner(config: CurationConfig, executor: str = "ray"):
+    """Ray (local by default, or ``runtime.ray_address``) or, for debugging, Prefect's thread pool."""
+    if executor == "local":
+        return ThreadPoolTaskRunner(max_workers=1)
+    from prefect_ray import RayTaskRunner
+
+    env = {name: os.environ[name] for name in ENV_FOR_WORKERS if name in os.environ}
+    init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "ignore_reinit_error": True}
+    if config.runtime.ray_address is None:
+        init_kwargs.update(include_dashboard=False, num_cpus=config.runtime.ray_num_cpus)
+    return RayTaskRunner(address=config.runtime.ray_address, init_kwargs=init_kwargs)
+
+
+def run_curation(config: CurationConfig, output: str | Path, executor: str = "ray") -> dict[str, Any]:
+    flow_fn = curate.with_options(task_runner=task_runner(config, executor))
+    return flow_fn(config, str(Path(output).resolve()))
