@@ -1,0 +1,43 @@
+# megactor-pipeline: `make demo` runs the curation flow end to end; `make test` runs the test suite.
+# Both create .venv on first use (needs python3 >= 3.11 and ffmpeg on PATH).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED ?= $(abspath ../shared)
+OUT ?= demo-out
+INPUT ?=
+
+# Tests and the demo read the shared clips and small weights through these two settings.
+ifneq ($(wildcard $(SHARED)/videos),)
+export MEGACTOR_ASSETS ?= $(SHARED)
+endif
+ifneq ($(wildcard $(SHARED)/weights),)
+export MEGACTOR_WEIGHTS_DIR ?= $(SHARED)/weights
+endif
+
+.PHONY: install demo test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
+	  echo "ffmpeg and ffprobe are required: apt-get install ffmpeg (Debian/Ubuntu) or brew install ffmpeg"; exit 1; }
+	@command -v uv >/dev/null || python3 -m pip install -q uv
+	uv venv -q --allow-existing $(VENV) --python python3
+	uv pip install -q --python $(PY) -e '.[dev]'
+	@touch $@
+
+demo: install
+	$(PY) -m flows.demo --output $(OUT) $(if $(INPUT),--input $(INPUT))
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) bench/curation_rtf.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache
