@@ -163,19 +163,17 @@ def build_inventory(sources: Sequence[SourceAdapter], *, workers: int = 4, progr
                     probe_fn: ProbeFn | None = None, timeout_s: float = 30.0) -> pa.Table:
     """List every source, then fingerprint and probe the files on a thread pool (ffprobe runs as a
     subprocess, so threads run probes in parallel). Rows follow the listing order: sources in the order
-    given, each in its adapter's sorted order. Each source's listing counters (unparsed, ignored by
-    extension, hidden) go into the table's metadata under ``megactor.listing``."""
+    given, each in its adapter's sorted order. Several sources may share a dataset name (one dataset spread
+    over disks). Each source's listing counters (unparsed, ignored by extension, hidden) go into the table's
+    metadata under ``megactor.listing``, a JSON list in source order."""
     if workers < 1:
         raise ConfigError(f"inventory workers must be >= 1, got {workers!r}")
-    names = [source.dataset for source in sources]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"inventory sources need distinct dataset names, got {names}")
     probe = probe_fn or _default_probe()
     files: list[SourceFile] = []
-    listing: dict[str, dict[str, Any]] = {}
+    listing: list[dict[str, Any]] = []
     for source in sources:
         files.extend(source.iter_files())
-        listing[source.dataset] = source.stats()
+        listing.append({"dataset": source.dataset, **source.stats()})
         log.info("%s: %d video files (%d unparsed), ignored %s", source.dataset, source.listed,
                  source.unparsed, dict(source.ignored) or "nothing")
 

@@ -205,17 +205,25 @@ def test_build_inventory_keeps_listing_order_and_counts(tmp_path: Path) -> None:
     assert relpaths[7:] == ["a.mp4", "b.mp4"]
     assert table.column("dataset").to_pylist() == ["voxceleb2"] * 7 + ["extra_clips"] * 2
     assert table.column("probe_status").to_pylist().count("error") == 2
-    listing = json.loads(table.schema.metadata[b"megactor.listing"])
-    assert listing["voxceleb2"]["ignored"] == {".csv": 1}
-    assert listing["voxceleb2"]["unparsed"] == 1
-    assert listing["extra_clips"]["listed"] == 2
+    vox_listing, folder_listing = json.loads(table.schema.metadata[b"megactor.listing"])
+    assert vox_listing["dataset"] == "voxceleb2" and vox_listing["root"] == str(vox)
+    assert vox_listing["ignored"] == {".csv": 1} and vox_listing["unparsed"] == 1
+    assert folder_listing["listed"] == 2
+
+
+def test_sources_may_share_a_dataset_name(tmp_path: Path) -> None:
+    write(tmp_path / "disk1" / "a.mp4", b"VIDEO")
+    write(tmp_path / "disk2" / "a.mp4", b"VIDEO!")
+    sources = [FolderAdapter(tmp_path / "disk1", "clips"), FolderAdapter(tmp_path / "disk2", "clips")]
+    table = build_inventory(sources, workers=2, progress=False, probe_fn=fake_probe)
+    assert table.column("source_path").to_pylist() == [str(tmp_path / "disk1" / "a.mp4"),
+                                                       str(tmp_path / "disk2" / "a.mp4")]
+    assert hours_by_dataset(table)["files"].tolist() == [2]
 
 
 def test_build_inventory_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="workers"):
         build_inventory([FolderAdapter(tmp_path)], workers=0, probe_fn=fake_probe)
-    with pytest.raises(ConfigError, match="distinct dataset names"):
-        build_inventory([FolderAdapter(tmp_path, "x"), FolderAdapter(tmp_path, "x")], probe_fn=fake_probe)
 
 
 # -- hours -----------------------------------------------------------------------------------------------
