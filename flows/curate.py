@@ -53,7 +53,7 @@ def _list_files(config: CurationConfig) -> tuple[list[SourceFile], dict[str, Any
     for source_config in config.sources:
         adapter = make_source(source_config.kind, source_config.root, source_config.dataset)
         files.extend(adapter.iter_files())
-        ignored[adapter.dataset] = dict(getattr(adapter, "ignored", {}))
+        ignored[f"{adapter.dataset}:{source_config.root}"] = adapter.stats()
     return files, ignored
 
 
@@ -102,7 +102,7 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
     if not files:
         raise ConfigError("no video files found under " + ", ".join(str(s.root) for s in config.sources))
     _check_listing(layout, files)
-    logger.info("%d video files listed; ignored non-video files: %s", len(files), ignored)
+    logger.info("%d video files listed; listing counters: %s", len(files), ignored)
 
     # 2. inventory: probe and hash every file, in batches (skipping batches already committed)
     batches = _chunks(files, config.runtime.inventory_batch_files)
@@ -139,7 +139,7 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
     # 5. summarise what is on disk (so a resumed run reports everything)
     provenance = pipeline.provenance(config)
     summary = build_summary(layout, config, provenance, shards_planned=len(plan))
-    summary["ignored_files"] = ignored
+    summary["listing"] = ignored
     summary["failed_shards"] = failures
     write_summary(layout, summary)
     write_card(layout, summary)
