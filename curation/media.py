@@ -1,0 +1,414 @@
+"""Media layer: probe a file once, stream its frames and audio through ONE ffmpeg process per call.
+
+Frames are piped as raw RGB and read straight into numpy arrays: no frame ever touches the disk and there is
+never a process per frame. Every failure of an input (empty, unreadable, truncated, too slow) is raised as a
+typed :class:`~curation.errors.MediaError` whose ``reason`` ends up in the manifest; a missing ffmpeg install is
+a :class:`~curation.errors.ToolMissingError` because no input will ever succeed without it.
+
+POSIX only: the decode timeout waits on the stdout pipe with ``select``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import select
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Any
+
+import ffmpeg
+import numpy as np
+
+from curation.errors import DecodeError, EmptyFileError, MediaTimeoutError, ProbeError, ToolMissingError
+
+FFMPEG = "ffmpeg"
+FFPROBE = "ffprobe"
+MAX_DEFAULT_FPS = 30.0
+_VFR_TOLERANCE = 0.01
+_UNKNOWN_SPAN_S = 3600.0  # assumed length when neither the caller nor the container knows it
+_STDERR_TAIL_LINES = 20
+_SEEK_LEAD_S = 1.0  # longer than any source frame is shown (>= 1 fps)
+_PTS_SLACK_S = 0.001
+# "[h264 @ 0x55e1729b5440] " prefixes name an internal object, not the problem.
+_LOG_PREFIX = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
+# -xerror: stop at the first corrupt packet. A truncated file otherwise decodes "successfully" into smeared
+# concealment frames, which is worse for a curation pipeline than rejecting the span with a reason.
+_FFMPEG_GLOBAL = ["-nostdin", "-hide_banner", "-loglevel", "error", "-xerror"]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What one ffprobe call says about a file. ``width``/``height`` are the DISPLAY size (after rotation),
+    which is what decoded frames have; ``coded_*`` is what the bitstream stores."""
+
+    container: str
+    duration_s: float | None
+    bit_rate: int | None
+    has_video: bool
+    video_codec: str | None
+    width: int | None
+    height: int | None
+    coded_width: int | None
+    coded_height: int | None
+    rotation: int
+    fps_avg: float | None
+    fps_nominal: float | None
+    vfr: bool
+    n_frames: int | None
+    has_audio: bool
+    audio_codec: str | None
+    audio_sample_rate: int | None
+    audio_channels: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat dict of plain Python values: one Parquet row's probe columns."""
+        return asdict(self)
+
+
+def _tool_missing(tool: str) -> ToolMissingError:
+    return ToolMissingError(
+        f"{tool} not found on PATH; install FFmpeg (e.g. `apt-get install ffmpeg` or `conda install ffmpeg`)"
+    )
+
+
+def _error_summary(stderr_lines: list[str] | deque[str], path: str | os.PathLike[str], n: int = 2) -> str:
+    """The last ``n`` distinct meaningful stderr lines, without object prefixes and the repeated path."""
+    cleaned: list[str] = []
+    for raw in stderr_lines:
+        line = _LOG_PREFIX.sub("", raw.strip())
+        line = line.removeprefix(f"{path}: ").removeprefix(f"{os.fspath(path)}: ")
+        if line and line not in cleaned:
+            cleaned.append(line)
+    return "; ".join(cleaned[-n:]) or "no error message"
+
+
+def _rate(text: str | None) -> float | None:
+    """ffprobe rational ("30000/1001", "0/0") -> float, None when unknown."""
+    if not text:
+        return None
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return float(value) if value > 0 else None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) and out >= 0 else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    """Clockwise degrees to turn the coded picture for display, in {0, 90, 180, 270} (the legacy ``rotate``
+    tag's meaning, and what ffmpeg's autorotate applies). The display matrix angle is counter-clockwise."""
+    for side in stream.get("side_data_list") or []:
+        if "rotation" in side:
+            degrees = -float(side["rotation"])
+            break
+    else:
+        degrees = float(_int((stream.get("tags") or {}).get("rotate")) or 0)
+    return int(round(degrees / 90.0)) % 4 * 90
+
+
+def _is_vfr(fps_avg: float | None, fps_nominal: float | None) -> bool:
+    if fps_avg is None or fps_nominal is None:
+        return False
+    return abs(fps_avg - fps_nominal) > _VFR_TOLERANCE * fps_nominal
+
+
+def probe(path: str | os.PathLike[str], *, timeout_s: float = 30.0) -> ProbeResult:
+    """Run ``ffprobe -show_format -show_streams`` once and normalise what it says.
+
+    Raises EmptyFileError (0 bytes), ProbeError (ffprobe cannot read it), MediaTimeoutError, ToolMissingError.
+    """
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise ProbeError(f"cannot stat file: {exc.strerror}", path=str(path)) from exc
+    if size == 0:
+        raise EmptyFileError("file is empty (0 bytes)", path=str(path))
+
+    cmd = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", os.fspath(path)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise _tool_missing(FFPROBE) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise MediaTimeoutError(f"ffprobe took longer than {timeout_s:g} s", path=str(path)) from exc
+    stderr = done.stderr.decode("utf-8", "replace").splitlines()
+    if done.returncode != 0:
+        raise ProbeError(f"ffprobe failed: {_error_summary(stderr, path)}", path=str(path))
+    try:
+        info = json.loads(done.stdout)
+    except json.JSONDecodeError as exc:
+        raise ProbeError(f"ffprobe returned invalid JSON: {exc}", path=str(path)) from exc
+
+    fmt = info.get("format") or {}
+    streams = info.get("streams") or []
+    # Cover art (attached_pic) is a "video" stream with one frame; it must not make an audio file look like video.
+    video = next(
+        (
+            s
+            for s in streams
+            if s.get("codec_type") == "video" and not (s.get("disposition") or {}).get("attached_pic")
+        ),
+        None,
+    )
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+
+    # The container's duration covers every stream; a stream's own is the fallback (e.g. raw elementary streams).
+    durations = [_float(fmt.get("duration"))] + [_float(s.get("duration")) for s in (video, audio) if s]
+    duration = next((d for d in durations if d is not None), None)
+
+    v = video or {}
+    coded_w, coded_h = _int(v.get("width")), _int(v.get("height"))
+    rotation = _rotation(v) if video else 0
+    width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
+    fps_avg, fps_nominal = _rate(v.get("avg_frame_rate")), _rate(v.get("r_frame_rate"))
+    a = audio or {}
+    return ProbeResult(
+        container=str(fmt.get("format_name", "")),
+        duration_s=duration,
+        bit_rate=_int(fmt.get("bit_rate")),
+        has_video=video is not None,
+        video_codec=v.get("codec_name"),
+        width=width,
+        height=height,
+        coded_width=coded_w,
+        coded_height=coded_h,
+        rotation=rotation,
+        fps_avg=fps_avg,
+        fps_nominal=fps_nominal,
+        vfr=_is_vfr(fps_avg, fps_nominal),
+        n_frames=_int(v.get("nb_frames")),
+        has_audio=audio is not None,
+        audio_codec=a.get("codec_name"),
+        audio_sample_rate=_int(a.get("sample_rate")),
+        audio_channels=_int(a.get("channels")),
+    )
+
+
+def output_size(probe: ProbeResult, max_side: int | None) -> tuple[int, int]:
+    """Display size scaled so that the longer side is <= ``max_side`` (never upscaled), both sides even
+    (even sizes keep every downstream encoder and YUV 4:2:0 conversion happy)."""
+    if not probe.has_video or not probe.width or not probe.height:
+        raise DecodeError("no video stream (or unknown frame size)")
+    if max_side is not None and max_side < 2:
+        raise ValueError(f"max_side must be >= 2, got {max_side}")
+    w, h = probe.width, probe.height
+    long_side, short_side = max(w, h), min(w, h)
+    target_long = long_side if max_side is None else min(long_side, max_side)
+    target_long = max(2, target_long - target_long % 2)
+    target_short = max(2, round(short_side * target_long / long_side / 2) * 2)
+    return (target_long, target_short) if w >= h else (target_short, target_long)
+
+
+def default_fps(probe: ProbeResult) -> float:
+    """The source's nominal rate capped at 30 fps: higher rates add decode cost and nothing a scorer uses."""
+    rate = probe.fps_nominal or probe.fps_avg or 25.0
+    return min(rate, MAX_DEFAULT_FPS)
+
+
+def _default_timeout(span_s: float | None) -> float:
+    """Generous: 60 s of start-up slack plus 4x the span, i.e. decoding may run 4x slower than real time."""
+    return 60.0 + 4.0 * (span_s if span_s is not None else _UNKNOWN_SPAN_S)
+
+
+def _check_span(start_s: float, duration_s: float | None) -> None:
+    if start_s < 0 or (duration_s is not None and duration_s <= 0):
+        raise ValueError(f"need start_s >= 0 and duration_s > 0, got {start_s=}, {duration_s=}")
+
+
+def _span(probe: ProbeResult, start_s: float, duration_s: float | None) -> float | None:
+    if duration_s is not None:
+        return duration_s
+    return None if probe.duration_s is None else max(probe.duration_s - start_s, 0.0)
+
+
+def _drain(stream: Any, tail: deque[str]) -> None:
+    """Read stderr to EOF so ffmpeg can never block on a full stderr pipe; keep the tail for messages."""
+    for raw in iter(stream.readline, b""):
+        tail.append(raw.decode("utf-8", "replace").rstrip())
+    stream.close()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def iter_frames(
+    path: str | os.PathLike[str],
+    probe: ProbeResult,
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    fps: float | None = None,
+    max_side: int | None = None,
+    timeout_s: float | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(t, frame)`` at a constant rate from one ffmpeg process: frame k is at ``start_s + k / fps``
+    in source time, an ``HxWx3`` contiguous uint8 RGB array in display orientation (ffmpeg autorotates).
+
+    ``fps`` defaults to the nominal rate capped at 30 (VFR sources are resampled to constant rate).
+    ``timeout_s`` bounds the total time spent WAITING FOR FFMPEG over the whole iteration (default: 60 s + 4x
+    the span); time the consumer spends between frames is not counted, so a slow scorer cannot time a healthy
+    decode out. Arguments are checked here, at call time; the process starts on the first ``next()`` and is
+    killed if the consumer stops early (``close()``, ``break``, garbage collection).
+
+    Raises DecodeError (no video, ffmpeg exits non-zero, e.g. a corrupt packet), MediaTimeoutError,
+    ToolMissingError.
+    """
+    if not probe.has_video:
+        raise DecodeError("no video stream to decode", path=str(path))
+    _check_span(start_s, duration_s)
+    rate = float(fps) if fps is not None else default_fps(probe)
+    if rate <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    width, height = output_size(probe, max_side)
+    budget = timeout_s if timeout_s is not None else _default_timeout(_span(probe, start_s, duration_s))
+
+    # Frame k is the picture ON SCREEN at start_s + k / fps (the last one shown at or before it, with 1 ms of
+    # slack for the rounded timestamps of 1 ms timebases such as WebM), so a span decodes to exactly the
+    # pictures of the same slice of a full decode. How:
+    # - seek a little early: an exact seek to start_s would drop the picture already on screen at start_s;
+    # - -copyts -start_at_zero: timestamps stay "seconds since file start" instead of being shifted by the
+    #   seek, which coarse timebases (AVI: 1/25 s) cannot represent exactly;
+    # - in microseconds, shift so start_s (minus the slack) is 0, then the fps filter rounds UP onto the
+    #   output grid and keeps the last picture per slot; start_time=0 trims the early pictures and repeats
+    #   the first one if the video starts late.
+    seek_s = max(0.0, start_s - _SEEK_LEAD_S)
+    input_args: dict[str, Any] = {"copyts": None, "start_at_zero": None}
+    if seek_s > 0:
+        input_args["ss"] = f"{seek_s:.6f}"
+    source = ffmpeg.input(os.fspath(path), **input_args)
+    video = (
+        source["V:0"]  # "V": not a cover-art picture
+        .filter("settb", "AVTB")
+        .filter("setpts", f"PTS-{start_s + _PTS_SLACK_S:.6f}/TB")
+        .filter("fps", fps=rate, start_time=0, round="up")
+    )
+    if (width, height) != (probe.width, probe.height):
+        video = video.filter("scale", width, height, flags="area")
+    output_args: dict[str, Any] = {"format": "rawvideo", "pix_fmt": "rgb24"}
+    if duration_s is not None:
+        # Frames at start_s + k / fps for k / fps < duration_s; the epsilon keeps 2.0 s * 25 fps at 50 frames.
+        output_args["frames:v"] = max(1, math.ceil(duration_s * rate - 1e-6))
+    cmd = [FFMPEG, *_FFMPEG_GLOBAL, *ffmpeg.output(video, "pipe:", **output_args).get_args()]
+    return _read_frames(cmd, str(path), start_s, rate, width, height, budget)
+
+
+def _read_frames(
+    cmd: list[str], path: str, start_s: float, rate: float, width: int, height: int, budget_s: float
+) -> Iterator[tuple[float, np.ndarray]]:
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
+    except FileNotFoundError as exc:
+        raise _tool_missing(FFMPEG) from exc
+    tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+    drainer = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
+    drainer.start()
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    frame_bytes = width * height * 3
+    remaining = budget_s
+    try:
+        k = 0
+        while True:
+            frame = np.empty((height, width, 3), dtype=np.uint8)
+            view = memoryview(frame).cast("B")
+            got = 0
+            while got < frame_bytes:
+                began = time.monotonic()
+                ready, _, _ = select.select([stdout], [], [], max(remaining, 0.0))
+                remaining -= time.monotonic() - began
+                if not ready:
+                    _kill(proc)
+                    raise MediaTimeoutError(
+                        f"ffmpeg decode exceeded {budget_s:g} s after {k} frames", path=path
+                    )
+                n = stdout.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            if got < frame_bytes:
+                break  # EOF; a partial frame only happens when ffmpeg dies, which the exit code reports
+            yield start_s + k / rate, frame
+            k += 1
+        returncode = proc.wait(timeout=max(remaining, 1.0))
+        drainer.join(timeout=5.0)
+        if returncode != 0:
+            raise DecodeError(
+                f"ffmpeg exited with {returncode} after {k} frames: {_error_summary(tail, path)}", path=path
+            )
+    except subprocess.TimeoutExpired as exc:
+        raise MediaTimeoutError(f"ffmpeg did not exit within {budget_s:g} s", path=path) from exc
+    finally:
+        # Runs on normal exit, on errors and on GeneratorExit (consumer stopped early): never leave a process.
+        _kill(proc)
+        stdout.close()
+        drainer.join(timeout=5.0)
+
+
+def decode_audio(
+    path: str | os.PathLike[str],
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    sample_rate: int = 16000,
+    timeout_s: float | None = None,
+) -> np.ndarray:
+    """Decode the first audio stream to float32 mono in [-1, 1] at ``sample_rate`` (ffmpeg downmixes and
+    resamples; the pipe carries s16le). Callers check ``probe.has_audio`` first: a file without audio raises
+    DecodeError. Raises MediaTimeoutError past ``timeout_s`` (default 60 s + 4x the span)."""
+    _check_span(start_s, duration_s)
+    input_args: dict[str, Any] = {"ss": start_s} if start_s > 0 else {}
+    if duration_s is not None:
+        input_args["t"] = duration_s
+    audio = ffmpeg.input(os.fspath(path), **input_args)["a:0"]
+    out = ffmpeg.output(audio, "pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate)
+    cmd = [FFMPEG, *_FFMPEG_GLOBAL, *out.get_args()]
+    budget = timeout_s if timeout_s is not None else _default_timeout(duration_s)
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=budget, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise _tool_missing(FFMPEG) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise MediaTimeoutError(f"audio decode took longer than {budget:g} s", path=str(path)) from exc
+    if done.returncode != 0:
+        stderr = done.stderr.decode("utf-8", "replace").splitlines()
+        if any("matches no streams" in line for line in stderr):
+            raise DecodeError("no audio stream to decode", path=str(path))
+        raise DecodeError(f"ffmpeg audio decode failed: {_error_summary(stderr, path)}", path=str(path))
+    return np.frombuffer(done.stdout, dtype="<i2").astype(np.float32) / 32768.0
+
+
+__all__ = [
+    "ProbeResult",
+    "decode_audio",
+    "default_fps",
+    "iter_frames",
+    "output_size",
+    "probe",
+]
