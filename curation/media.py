@@ -15,6 +15,7 @@ import math
 import os
 import re
 import select
+import stat
 import subprocess
 import threading
 import time
@@ -42,6 +43,8 @@ _LOG_PREFIX = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
 # -xerror: stop at the first corrupt packet. A truncated file otherwise decodes "successfully" into smeared
 # concealment frames, which is worse for a curation pipeline than rejecting the span with a reason.
 _FFMPEG_GLOBAL = ["-nostdin", "-hide_banner", "-loglevel", "error", "-xerror"]
+# ...but a file cut at a packet boundary just ends early with exit code 0; only the demuxer says so.
+_TRUNCATED = re.compile(r"partial file|file ended prematurely", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,18 @@ def _tool_missing(tool: str) -> ToolMissingError:
     )
 
 
+def _source(path: str | os.PathLike[str]) -> str:
+    """The name handed to ffmpeg/ffprobe: absolute, because they read "-talk.mp4" as an option and
+    "talk: 1.mp4" as a URL with protocol "talk"."""
+    return os.path.abspath(os.fspath(path))
+
+
 def _error_summary(stderr_lines: list[str] | deque[str], path: str | os.PathLike[str], n: int = 2) -> str:
     """The last ``n`` distinct meaningful stderr lines, without object prefixes and the repeated path."""
     cleaned: list[str] = []
     for raw in stderr_lines:
         line = _LOG_PREFIX.sub("", raw.strip())
-        line = line.removeprefix(f"{path}: ").removeprefix(f"{os.fspath(path)}: ")
+        line = line.removeprefix(f"{_source(path)}: ").removeprefix(f"{os.fspath(path)}: ")
         if line and line not in cleaned:
             cleaned.append(line)
     return "; ".join(cleaned[-n:]) or "no error message"
@@ -140,13 +149,13 @@ def probe(path: str | os.PathLike[str], *, timeout_s: float = 30.0) -> ProbeResu
     Raises EmptyFileError (0 bytes), ProbeError (ffprobe cannot read it), MediaTimeoutError, ToolMissingError.
     """
     try:
-        size = os.stat(path).st_size
+        info = os.stat(path)
     except OSError as exc:
         raise ProbeError(f"cannot stat file: {exc.strerror}", path=str(path)) from exc
-    if size == 0:
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:  # pipes and devices report 0 too
         raise EmptyFileError("file is empty (0 bytes)", path=str(path))
 
-    cmd = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", os.fspath(path)]
+    cmd = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", _source(path)]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
     except FileNotFoundError as exc:
@@ -243,6 +252,16 @@ def _span(probe: ProbeResult, start_s: float, duration_s: float | None) -> float
     return None if probe.duration_s is None else max(probe.duration_s - start_s, 0.0)
 
 
+def _raise_for_failure(returncode: int, stderr: list[str] | deque[str], path: str, when: str) -> None:
+    if returncode != 0:
+        raise DecodeError(
+            f"ffmpeg exited with {returncode} {when}: {_error_summary(stderr, path)}", path=path
+        )
+    truncated = [line for line in stderr if _TRUNCATED.search(line)]
+    if truncated:
+        raise DecodeError(f"file is truncated ({when}): {_error_summary(truncated, path, n=1)}", path=path)
+
+
 def _drain(stream: Any, tail: deque[str]) -> None:
     """Read stderr to EOF so ffmpeg can never block on a full stderr pipe; keep the tail for messages."""
     for raw in iter(stream.readline, b""):
@@ -300,7 +319,7 @@ def iter_frames(
     input_args: dict[str, Any] = {"copyts": None, "start_at_zero": None}
     if seek_s > 0:
         input_args["ss"] = f"{seek_s:.6f}"
-    source = ffmpeg.input(os.fspath(path), **input_args)
+    source = ffmpeg.input(_source(path), **input_args)
     video = (
         source["V:0"]  # "V": not a cover-art picture
         .filter("settb", "AVTB")
@@ -358,10 +377,7 @@ def _read_frames(
             k += 1
         returncode = proc.wait(timeout=max(remaining, 1.0))
         drainer.join(timeout=5.0)
-        if returncode != 0:
-            raise DecodeError(
-                f"ffmpeg exited with {returncode} after {k} frames: {_error_summary(tail, path)}", path=path
-            )
+        _raise_for_failure(returncode, tail, path, f"after {k} frames")
     except subprocess.TimeoutExpired as exc:
         raise MediaTimeoutError(f"ffmpeg did not exit within {budget_s:g} s", path=path) from exc
     finally:
@@ -386,7 +402,7 @@ def decode_audio(
     input_args: dict[str, Any] = {"ss": start_s} if start_s > 0 else {}
     if duration_s is not None:
         input_args["t"] = duration_s
-    audio = ffmpeg.input(os.fspath(path), **input_args)["a:0"]
+    audio = ffmpeg.input(_source(path), **input_args)["a:0"]
     out = ffmpeg.output(audio, "pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate)
     cmd = [FFMPEG, *_FFMPEG_GLOBAL, *out.get_args()]
     budget = timeout_s if timeout_s is not None else _default_timeout(duration_s)
@@ -396,11 +412,10 @@ def decode_audio(
         raise _tool_missing(FFMPEG) from exc
     except subprocess.TimeoutExpired as exc:
         raise MediaTimeoutError(f"audio decode took longer than {budget:g} s", path=str(path)) from exc
-    if done.returncode != 0:
-        stderr = done.stderr.decode("utf-8", "replace").splitlines()
-        if any("matches no streams" in line for line in stderr):
-            raise DecodeError("no audio stream to decode", path=str(path))
-        raise DecodeError(f"ffmpeg audio decode failed: {_error_summary(stderr, path)}", path=str(path))
+    stderr = done.stderr.decode("utf-8", "replace").splitlines()
+    if done.returncode != 0 and any("matches no streams" in line for line in stderr):
+        raise DecodeError("no audio stream to decode", path=str(path))
+    _raise_for_failure(done.returncode, stderr, str(path), "decoding audio")
     return np.frombuffer(done.stdout, dtype="<i2").astype(np.float32) / 32768.0
 
 
