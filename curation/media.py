@@ -316,7 +316,7 @@ def iter_frames(
     #   output grid and keeps the last picture per slot; start_time=0 trims the early pictures and repeats
     #   the first one if the video starts late.
     seek_s = max(0.0, start_s - _SEEK_LEAD_S)
-    input_args: dict[str, Any] = {"start_at_zero": None}
+    input_args: dict[str, Any] = {"copyts": None, "start_at_zero": None}
     if seek_s > 0:
         input_args["ss"] = f"{seek_s:.6f}"
     source = ffmpeg.input(_source(path), **input_args)
