@@ -71,7 +71,7 @@ def detector_version(
     params = (
         f"threshold={threshold:g},min_content={min_content:g},min_scene_s={min_scene_s:g},flash_s={flash_s:g}"
     )
-    return f"{DETECTOR_NAME}@{scenedetect.__version__}:{params},max_side={max_side},fps={fps or 'auto'}"
+    return f"{DETECTOR_NAME}@{scenedetect.__version__}:{params},max_side={max_side},fps={'auto' if fps is None else f'{fps:g}'}"
 
 
 def _hsv_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,7 +94,8 @@ def detect_cuts(
     """Hard cuts of ``path`` in source seconds (the time of the first frame of each new shot).
 
     Frames are decoded once, small (``max_side``) and at ``fps`` (default: the source's nominal rate capped at
-    30). Raises what :func:`curation.media.iter_frames` raises (DecodeError, MediaTimeoutError, ...).
+    30). A candidate cut is confirmed ``flash_s`` later (0 turns the flash check off). Raises what
+    :func:`curation.media.iter_frames` raises (DecodeError, MediaTimeoutError, ...).
     """
     rate = float(fps) if fps is not None else default_fps(probe)
     detector = AdaptiveDetector(
@@ -103,7 +104,7 @@ def detect_cuts(
         window_width=_WINDOW_FRAMES,
         min_content_val=min_content,
     )
-    flash_frames = max(1, round(flash_s * rate))
+    flash_frames = round(flash_s * rate)  # 0: no flash check
     recent: deque[np.ndarray] = deque(maxlen=_WINDOW_FRAMES + 2)  # HSV of the last frames
     pending: list[tuple[int, np.ndarray]] = []  # candidate cut frame, HSV of the frame before it
     cuts: list[int] = []
@@ -112,7 +113,8 @@ def detect_cuts(
     def settle(hsv_now: np.ndarray, k_now: int, *, final: bool) -> None:
         while pending and (final or pending[0][0] + flash_frames <= k_now):
             cut, before = pending.pop(0)
-            (cuts if _hsv_distance(before, hsv_now) >= min_content else flashes).append(cut)
+            is_cut = flash_frames == 0 or _hsv_distance(before, hsv_now) >= min_content
+            (cuts if is_cut else flashes).append(cut)
 
     k, hsv = -1, None
     for k, (_, rgb) in enumerate(iter_frames(path, probe, fps=rate, max_side=max_side, timeout_s=timeout_s)):
