@@ -68,10 +68,12 @@ def detector_version(
     max_side: int,
     fps: float | None,
 ) -> str:
-    params = (
-        f"threshold={threshold:g},min_content={min_content:g},min_scene_s={min_scene_s:g},flash_s={flash_s:g}"
+    """Provenance stored with the cuts: algorithm, library version and every parameter that can move a cut."""
+    rate = "auto" if fps is None else f"{fps:g}"
+    return (
+        f"{DETECTOR_NAME}@{scenedetect.__version__}:threshold={threshold:g},min_content={min_content:g},"
+        f"min_scene_s={min_scene_s:g},flash_s={flash_s:g},max_side={max_side},fps={rate}"
     )
-    return f"{DETECTOR_NAME}@{scenedetect.__version__}:{params},max_side={max_side},fps={'auto' if fps is None else f'{fps:g}'}"
 
 
 def _hsv_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -120,13 +122,11 @@ def detect_cuts(
     for k, (_, rgb) in enumerate(iter_frames(path, probe, fps=rate, max_side=max_side, timeout_s=timeout_s)):
         hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
         recent.append(hsv)
-        for timecode in detector.process_frame(
-            FrameTimecode(k, fps=rate), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-        ):
-            cut = (
-                timecode.frame_num
-            )  # reported _WINDOW_FRAMES behind k: the frame before it is still in `recent`
-            pending.append((cut, recent[cut - 1 - k - 1]))
+        bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # PySceneDetect's channel order
+        for timecode in detector.process_frame(FrameTimecode(k, fps=rate), bgr):
+            # Reported _WINDOW_FRAMES frames late, so the frame before the cut is still in `recent`.
+            cut = timecode.frame_num
+            pending.append((cut, recent[cut - k - 2]))
         settle(hsv, k, final=False)
     if hsv is not None:  # AdaptiveDetector.post_process() never adds cuts; settle the candidates near the end
         settle(hsv, k, final=True)
