@@ -378,6 +378,12 @@ def _read_frames(
         returncode = proc.wait(timeout=max(remaining, 1.0))
         drainer.join(timeout=5.0)
         _raise_for_failure(returncode, tail, path, f"after {k} frames")
+        if k == 0:  # never a useful result, and easy to miss downstream: make it an error with a reason
+            raise DecodeError(
+                f"no frames decoded from {start_s:g} s (past the end of the video, or a seek that found no "
+                "keyframe, e.g. MPEG-TS with long GOPs)",
+                path=path,
+            )
     except subprocess.TimeoutExpired as exc:
         raise MediaTimeoutError(f"ffmpeg did not exit within {budget_s:g} s", path=path) from exc
     finally:

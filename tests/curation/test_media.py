@@ -296,6 +296,14 @@ def test_truncated_with_index_fails_midway(bad: dict[str, Path]) -> None:
     assert sum(1 for _ in media.iter_frames(path, p, duration_s=1.0)) == 25
 
 
+def test_span_without_frames_is_an_error(videos_dir: Path) -> None:
+    path, p = _probe(videos_dir, "pcavs_pose_517600055.mp4")
+    with pytest.raises(DecodeError, match="no frames decoded from 10 s"):
+        list(media.iter_frames(path, p, start_s=10.0, duration_s=1.0))
+    # The container (4.544 s, audio included) outlasts the video (4.48 s): the tail has no picture.
+    assert len(list(media.iter_frames(path, p, start_s=4.4, duration_s=0.144))) == 2
+
+
 def test_iter_frames_argument_errors(videos_dir: Path) -> None:
     path, p = _probe(videos_dir, "pcavs_pose_517600055.mp4")
     with pytest.raises(ValueError):
