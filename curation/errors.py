@@ -48,3 +48,7 @@ class WeightsMissingError(MegactorError):
 
 class MissingDependencyError(MegactorError):
     """An optional Python package is needed; the message names the pip extra that provides it."""
+
+
+class ShardsFailedError(MegactorError):
+    """A run finished but some shards failed; rerunning the same command retries them (CLI exit status 1)."""

@@ -24,7 +24,7 @@ from curation.scorers.face_mediapipe import MediaPipeFaceScorer
 
 SCHEMA_VERSION = "1.0"
 # Fixed namespace so clip ids are reproducible across machines and runs.
-CLIP_NAMESPACE = uuid.UUID("5b0c7f4e-2a51-5c39-9d8e-6d65676163746f")
+CLIP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "megactor-pipeline:clip")
 
 IDENTITY = (
     pa.field("clip_id", pa.string(), nullable=False),
@@ -160,7 +160,7 @@ def to_table(rows: Iterable[dict[str, Any]], provenance: dict[str, Any]) -> pa.T
 
 
 def provenance_metadata(provenance: dict[str, Any]) -> dict[bytes, bytes]:
-    metadata = {k.encode(): v.encode() for k, v in (SCHEMA.metadata or {}).items()}
+    metadata = dict(SCHEMA.metadata or {})
     metadata[b"megactor.provenance"] = json.dumps(provenance, sort_keys=True).encode()
     return metadata
 

@@ -12,6 +12,8 @@ Output layout::
 
 from __future__ import annotations
 
+import atexit
+import bisect
 import hashlib
 import json
 import logging
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation import clips, filters, manifest
+from curation import clips, filters, manifest, weights
 from curation.config import CurationConfig
 from curation.errors import ConfigError, MediaError
 from curation.io import write_json_atomic
@@ -32,6 +34,7 @@ from curation.media import ProbeResult
 from curation.scorers.audio_activity import AudioActivityScorer
 from curation.scorers.base import ClipSpan, Scorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
+from curation.sources import make_source
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,19 @@ def provenance(config: CurationConfig) -> dict[str, Any]:
     }
 
 
+def preflight(config: CurationConfig) -> None:
+    """Fail before Ray and Prefect start: source roots exist, the profile's scorers are installed and their
+    weights present (or fetchable)."""
+    if not config.sources:
+        raise ConfigError("nothing to curate: pass --input DIR or list sources in the config")
+    for source_config in config.sources:
+        make_source(source_config.kind, source_config.root, source_config.dataset)
+    for scorer in build_scorers(config):
+        scorer.check_requirements()
+        for name in scorer.models():
+            weights.resolve(name)
+
+
 # -- planning ------------------------------------------------------------------------------------------------
 
 def plan_shards(inventory_rows: Sequence[dict[str, Any]], *, shard_hours: float, max_files: int) -> list[list[str]]:
@@ -163,8 +179,18 @@ def cached_scorers(config: CurationConfig) -> list[Scorer]:
     """Scorers of this worker process: models load once per process, not per shard or clip."""
     key = config.scoring_hash()
     if key not in _SCORER_CACHE:
+        if not _SCORER_CACHE:
+            atexit.register(close_cached_scorers)
         _SCORER_CACHE[key] = build_scorers(config)
     return _SCORER_CACHE[key]
+
+
+def close_cached_scorers() -> None:
+    """Release models before the interpreter tears down (MediaPipe's finaliser fails if left to gc)."""
+    for scorers in _SCORER_CACHE.values():
+        for scorer in scorers:
+            scorer.close()
+    _SCORER_CACHE.clear()
 
 
 def _probe_from_row(row: dict[str, Any]) -> ProbeResult:
@@ -266,7 +292,8 @@ class ShardProcessor:
         base = {**base, "scene_detector": scenes.detector, "scene_version": scenes.detector}
         rows = []
         for clip_index, span in enumerate(spans):
-            row = _span_row(base, span.start_s, span.end_s, clip_index, span.index)
+            scene_index = bisect.bisect_right(scenes.cuts_s, span.start_s + 1e-6)  # cuts before the span
+            row = _span_row(base, span.start_s, span.end_s, clip_index, scene_index)
             if filters.gate_reasons(row, self.thresholds, clip_level=True) and not self.score_all:
                 counters["clips_gate_rejected"] += 1
             else:

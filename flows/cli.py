@@ -89,16 +89,16 @@ def cmd_curate(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
     config = _load(args, with_input=True)
-    if not config.sources:
-        raise MegactorError("nothing to curate: pass --input DIR or list sources in --config")
+    from curation.pipeline import preflight
     from flows.server import LocalPrefectServer
+
+    preflight(config)  # bad input fails here, before a server or Ray starts
 
     server = nullcontext() if os.environ.get("PREFECT_API_URL") else LocalPrefectServer(keep=args.keep_server)
     with server as running:
         if running is not None:
             print(f"Prefect UI: {running.ui_url} (local server for this run)", flush=True)
-        from flows.curate import run_curation
-
+        from flows.curate import run_curation  # after PREFECT_API_URL is set: Prefect reads it at import
         summary = run_curation(config, args.output, executor=args.executor)
     _print_outcome(Path(args.output).resolve(), summary)
     return 0
@@ -239,19 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from curation.errors import ShardsFailedError
+
     try:
         return args.func(args)
+    except ShardsFailedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except MegactorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    except RuntimeError as error:
-        if "shard(s) failed" in str(error):
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        raise
 
 
 if __name__ == "__main__":

@@ -16,12 +16,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
 from curation import inventory, pipeline
 from curation.config import CurationConfig
-from curation.errors import ConfigError
+from curation.errors import ConfigError, ShardsFailedError
 from curation.io import write_json_atomic, write_text_atomic
 from curation.sources import SourceFile, make_source
 from curation.summary import build_summary, write_card, write_summary
@@ -149,7 +150,8 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
         description=f"per-dataset totals of {layout.root}",
     )
     if failures:
-        raise RuntimeError(f"{len(failures)} shard(s) failed; rerun the same command to retry them: {failures[:3]}")
+        return Failed(message=f"{len(failures)} shard(s) failed; rerun the same command to retry them: "
+                              f"{failures[:3]}", data=summary)
     return summary
 
 
@@ -167,5 +169,12 @@ def task_runner(config: CurationConfig, executor: str = "ray"):
 
 
 def run_curation(config: CurationConfig, output: str | Path, executor: str = "ray") -> dict[str, Any]:
+    """Run the flow; returns the summary, or raises ShardsFailedError (after writing the summary)."""
+    pipeline.preflight(config)
     flow_fn = curate.with_options(task_runner=task_runner(config, executor))
-    return flow_fn(config, str(Path(output).resolve()))
+    state = flow_fn(config, str(Path(output).resolve()), return_state=True)
+    if state.is_completed():
+        return state.result()
+    if state.message and "shard(s) failed" in state.message:
+        raise ShardsFailedError(state.message)
+    return state.result()  # re-raises the flow's exception

@@ -1,0 +1,56 @@
+"""Flow tests run the real ``megactor`` command in a subprocess, against one local Prefect server for the
+session (as a user's run would, minus the per-run server start)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    from flows.server import LocalPrefectServer
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    old = {k: os.environ.get(k) for k in ("MEGACTOR_PREFECT_HOME", "PREFECT_API_URL")}
+    os.environ["MEGACTOR_PREFECT_HOME"] = str(home)
+    os.environ.pop("PREFECT_API_URL", None)
+    from flows.server import _free_port
+
+    with LocalPrefectServer(port=_free_port()) as server:
+        yield os.environ["PREFECT_API_URL"], server.ui_url
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def megactor(prefect_api, weights_root):
+    """Run ``megactor ARGS`` in a subprocess; returns the CompletedProcess (never raises on exit status)."""
+
+    def run(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PREFECT_API_URL": prefect_api[0], "MEGACTOR_WEIGHTS_DIR": str(weights_root),
+               "MEGACTOR_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            raise AssertionError(f"megactor {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n"
+                                 f"{done.stderr[-6000:]}")
+        return done
+
+    return run
+
+
+def subset(directory: Path, videos_dir: Path, names: list[str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).symlink_to(videos_dir / name)
+    return directory
