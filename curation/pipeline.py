@@ -270,8 +270,10 @@ class ShardProcessor:
         if rejected and not self.score_all:
             counters["sources_gate_rejected"] += 1
             counters["video_s_gate_rejected"] += duration
-            return [_span_row(base, 0.0, duration, 0, None)]
-        rows = self._split_and_score(source, base, scorers, counters)
+            rows = [_span_row(base, 0.0, duration, 0, None)]
+        else:
+            rows = self._split_and_score(source, base, scorers, counters)
+        # measured, not assumed: what decoding each kind of source actually cost
         decoded = self._frames_decoded(scorers, counters) - frames_before
         counters["frames_decoded_gate_rejected_sources" if rejected else "frames_decoded_gate_passed_sources"] += decoded
         return rows

@@ -45,13 +45,13 @@ class AudioActivityScorer(Scorer):
         pa.field("audio_rms_dbfs", pa.float32()),
     )
 
-    def setup(self) -> None:
+    def score(self, clip: ClipSpan) -> dict[str, Any]:
         import webrtcvad
 
-        self._vad = webrtcvad.Vad(self.config.vad_aggressiveness)
-
-    def score(self, clip: ClipSpan) -> dict[str, Any]:
         audio = media.decode_audio(clip.path, start_s=clip.start_s, duration_s=clip.duration_s,
                                    sample_rate=SAMPLE_RATE)
         self.counters["audio_s_decoded"] += len(audio) / SAMPLE_RATE
-        return {"audio_speech_frac": speech_fraction(audio, self._vad), "audio_rms_dbfs": rms_dbfs(audio)}
+        # A fresh detector per clip: the VAD adapts its noise estimate across calls, so a shared one would make
+        # a clip's score depend on which clips this worker scored before it (and break resume equality).
+        vad = webrtcvad.Vad(self.config.vad_aggressiveness)
+        return {"audio_speech_frac": speech_fraction(audio, vad), "audio_rms_dbfs": rms_dbfs(audio)}

@@ -69,3 +69,12 @@ def test_silence_is_not_speech(videos_dir):
     assert silent["audio_rms_dbfs"] < -80 < -40 < speech["audio_rms_dbfs"]
     none, reason, _ = scorer.run(_clip(videos_dir, "liveportrait_d0_noaudio.mp4"))
     assert none == {} and reason is None and scorer.counters["skipped_no_audio"] == 1
+
+
+def test_audio_score_does_not_depend_on_what_was_scored_before(videos_dir):
+    clip = _clip(videos_dir, "w2lgfpgan_kim_7s_raw.mp4")
+    fresh, _, _ = AudioActivityScorer(CONFIG.audio).run(clip)
+    used = AudioActivityScorer(CONFIG.audio)
+    used.run(_clip(videos_dir, "sadtalker_WDA_KatieHill_000.mp4"))
+    after, _, _ = used.run(clip)
+    assert after == fresh
