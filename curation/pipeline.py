@@ -291,6 +291,10 @@ class ShardProcessor:
         counters["scene_frames_decoded"] += scenes.frames_decoded
         spans = clips.split_spans(duration, scenes.cuts_s, min_clip_s=self.thresholds.clip_s_min,
                                   max_clip_s=self.config.clips.max_clip_s)
+        if not spans:  # no duration in the container: account for the source rather than drop it
+            counters["sources_decode_error"] += 1
+            return [{**_span_row(base, 0.0, 0.0, 0, None), "error": f"{path}: the probe reports no duration",
+                     "error_reason": "unknown_duration"}]
         base = {**base, "scene_detector": scenes.detector, "scene_version": scenes.detector}
         rows = []
         for clip_index, span in enumerate(spans):
