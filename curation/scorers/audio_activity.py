@@ -31,7 +31,7 @@ def rms_dbfs(audio: np.ndarray) -> float | None:
     if len(audio) == 0:
         return None
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-    return 20.0 * np.log10(max(rms, 1e-10))
+    return float(20.0 * np.log10(max(rms, 1e-10)))
 
 
 class AudioActivityScorer(Scorer):
