@@ -100,18 +100,27 @@ def cmd_curate(args: argparse.Namespace) -> int:
             print(f"Prefect UI: {running.ui_url} (local server for this run)", flush=True)
         from flows.curate import run_curation  # after PREFECT_API_URL is set: Prefect reads it at import
         summary = run_curation(config, args.output, executor=args.executor)
-    _print_outcome(Path(args.output).resolve(), summary)
+    if running is None:
+        ui = f"{os.environ['PREFECT_API_URL'].removesuffix('/api')} (PREFECT_API_URL)"
+    elif args.keep_server and running.process is not None:
+        ui = f"{running.ui_url} (local server left running: kill {running.process.pid} to stop it)"
+    elif running.process is None:
+        ui = f"{running.ui_url} (an already running local server)"
+    else:
+        ui = f"stopped with the run; `prefect server start` with PREFECT_HOME={running.home} shows its history"
+    _print_outcome(Path(args.output).resolve(), summary, ui)
     return 0
 
 
-def _print_outcome(output: Path, summary: dict[str, Any]) -> None:
+def _print_outcome(output: Path, summary: dict[str, Any], ui: str) -> None:
     print()
     print(f"clips: {summary['clips']} from {summary['sources']} sources; status: {summary['status']}")
     if summary["reject_reasons"]:
         print("reject reasons: " + ", ".join(f"{k}={v}" for k, v in summary["reject_reasons"].items()))
-    print(f"manifest: {output / 'manifest'}  (pandas.read_parquet on this directory)")
-    print(f"summary:  {output / 'summary.json'}")
-    print(f"card:     {output / 'README.md'}")
+    print(f"manifest:   {output / 'manifest'}  (pandas.read_parquet on this directory)")
+    print(f"summary:    {output / 'summary.json'}")
+    print(f"card:       {output / 'README.md'}")
+    print(f"Prefect UI: {ui}")
 
 
 def cmd_filter(args: argparse.Namespace) -> int:

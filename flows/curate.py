@@ -146,7 +146,8 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
     write_card(layout, summary)
     create_table_artifact(
         key="curation-datasets",
-        table=[{k: v for k, v in d.items() if not isinstance(v, dict)} for d in summary["datasets"]],
+        table=[{**{k: v for k, v in d.items() if k != "status"}, **{f"clips_{k}": n for k, n in d["status"].items()}}
+               for d in summary["datasets"]],
         description=f"per-dataset totals of {layout.root}",
     )
     if failures:

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"curating {source} -> {output}")
     from flows.cli import main as cli
 
-    return cli(["curate", "--input", str(source), "--dataset", "demo", "--output", str(output)])
+    return cli(["curate", "--input", str(source), "--dataset", "demo", "--output", str(output), "--keep-server"])
 
 
 if __name__ == "__main__":

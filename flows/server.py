@@ -42,6 +42,7 @@ class LocalPrefectServer:
         self.port, self.keep, self.timeout_s = port, keep, timeout_s
         self.process: subprocess.Popen | None = None
         self.ui_url = ""
+        self.home = prefect_home()
 
     def __enter__(self) -> LocalPrefectServer:
         api = f"http://127.0.0.1:{self.port}/api"
@@ -58,7 +59,7 @@ class LocalPrefectServer:
         return self
 
     def _start(self) -> None:
-        home = prefect_home()
+        home = self.home
         home.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                "PREFECT_UI_ENABLED": "true"}

@@ -46,7 +46,7 @@ def test_every_source_is_accounted_for_and_loadable(score_all_run, videos_dir):
     assert (output / "README.md").read_text().startswith("# Curated talking-head manifest")
     summary = json.loads((output / "summary.json").read_text())
     assert summary["clips"] == len(df) and summary["shards"]["done"] == summary["shards"]["planned"]
-    assert "manifest:" in done.stdout and "Prefect UI" not in done.stdout  # PREFECT_API_URL was given
+    assert "manifest:" in done.stdout and "(PREFECT_API_URL)" in done.stdout  # reported to the given server
 
 
 def test_face_resolution_rule_on_real_clips(score_all_run):
