@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import ge, gt, le, lt
 from typing import Any
 
 from curation.config import Thresholds
@@ -30,6 +31,16 @@ def _known(*values: Any) -> bool:
     return all(v is not None for v in values)
 
 
+def _compare(column: str, op: Callable[[Any, Any], bool], limit: str) -> Callable[[dict, Thresholds], Verdict]:
+    """A rule check ``op(row[column], thresholds.<limit>)``, not scored when the column is null."""
+
+    def check(row: dict[str, Any], t: Thresholds) -> Verdict:
+        value = row.get(column)
+        return bool(op(value, getattr(t, limit))) if value is not None else None
+
+    return check
+
+
 def _video_stream(row, t):
     return row.get("has_video")
 
@@ -43,49 +54,9 @@ def _audio_stream(row, t):
     return row.get("has_audio")
 
 
-def _clip_length(row, t):
-    d = row.get("duration_s")
-    return d >= t.clip_s_min if _known(d) else None
-
-
 def _face_found(row, t):
     frac = row.get("face_present_frac")
     return frac > 0 if _known(frac) else None
-
-
-def _face_presence(row, t):
-    frac = row.get("face_present_frac")
-    return frac >= t.face_present_frac_min if _known(frac) else None
-
-
-def _single_face(row, t):
-    frac = row.get("multi_face_frac")
-    return frac <= t.multi_face_frac_max if _known(frac) else None
-
-
-def _face_resolution(row, t):
-    res = row.get("face_res_px")
-    return res >= t.face_res_px_min if _known(res) else None
-
-
-def _yaw(row, t):
-    yaw = row.get("yaw_abs_mean_deg")
-    return yaw <= t.yaw_abs_mean_deg_max if _known(yaw) else None
-
-
-def _speech(row, t):
-    frac = row.get("audio_speech_frac")
-    return frac >= t.speech_frac_min if _known(frac) else None
-
-
-def _sync_confidence(row, t):
-    c = row.get("sync_c")
-    return c > t.sync_c_min if _known(c) else None
-
-
-def _sync_distance(row, t):
-    d = row.get("sync_d")
-    return d < t.sync_d_max if _known(d) else None
 
 
 def _needs_audio(t: Thresholds) -> bool:
@@ -96,15 +67,18 @@ RULES: tuple[Rule, ...] = (
     Rule("video_stream", "no_video_stream", True, _video_stream),
     Rule("frame_size", "frame_too_small", True, _frame_size),
     Rule("audio_stream", "no_audio_stream", True, _audio_stream, _needs_audio),
-    Rule("clip_length", "clip_too_short", True, _clip_length),
+    Rule("clip_length", "clip_too_short", True, _compare("duration_s", ge, "clip_s_min")),
     Rule("face_found", "no_face", False, _face_found),
-    Rule("face_presence", "face_missing_in_frames", False, _face_presence),
-    Rule("single_face", "multiple_faces", False, _single_face),
-    Rule("face_resolution", "face_too_small", False, _face_resolution),
-    Rule("head_yaw", "yaw_too_large", False, _yaw),
-    Rule("speech", "no_speech", False, _speech, lambda t: t.speech_frac_min > 0),
-    Rule("sync_confidence", "sync_conf_too_low", False, _sync_confidence, lambda t: t.require_lip_sync),
-    Rule("sync_distance", "sync_dist_too_high", False, _sync_distance, lambda t: t.require_lip_sync),
+    Rule("face_presence", "face_missing_in_frames", False, _compare("face_present_frac", ge, "face_present_frac_min")),
+    Rule("single_face", "multiple_faces", False, _compare("multi_face_frac", le, "multi_face_frac_max")),
+    Rule("face_resolution", "face_too_small", False, _compare("face_res_px", ge, "face_res_px_min")),
+    Rule("head_yaw", "yaw_too_large", False, _compare("yaw_abs_mean_deg", le, "yaw_abs_mean_deg_max")),
+    Rule("speech", "no_speech", False, _compare("audio_speech_frac", ge, "speech_frac_min"),
+         lambda t: t.speech_frac_min > 0),
+    Rule("sync_confidence", "sync_conf_too_low", False, _compare("sync_c", gt, "sync_c_min"),
+         lambda t: t.require_lip_sync),
+    Rule("sync_distance", "sync_dist_too_high", False, _compare("sync_d", lt, "sync_d_max"),
+         lambda t: t.require_lip_sync),
 )
 REASONS = tuple(rule.reason for rule in RULES)
 
