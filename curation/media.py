@@ -143,6 +143,19 @@ def _is_vfr(fps_avg: float | None, fps_nominal: float | None) -> bool:
     return abs(fps_avg - fps_nominal) > _VFR_TOLERANCE * fps_nominal
 
 
+def _run_tool(
+    cmd: list[str], timeout_s: float, what: str, path: str | os.PathLike[str]
+) -> tuple[subprocess.CompletedProcess[bytes], list[str]]:
+    """Run ffprobe/ffmpeg to completion with a timeout; a missing tool or a timeout becomes a typed error."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise _tool_missing(cmd[0]) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise MediaTimeoutError(f"{what} took longer than {timeout_s:g} s", path=str(path)) from exc
+    return done, done.stderr.decode("utf-8", "replace").splitlines()
+
+
 def probe(path: str | os.PathLike[str], *, timeout_s: float = 30.0) -> ProbeResult:
     """Run ``ffprobe -show_format -show_streams`` once and normalise what it says.
 
@@ -156,13 +169,7 @@ def probe(path: str | os.PathLike[str], *, timeout_s: float = 30.0) -> ProbeResu
         raise EmptyFileError("file is empty (0 bytes)", path=str(path))
 
     cmd = [FFPROBE, "-v", "error", "-show_format", "-show_streams", "-of", "json", _source(path)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise _tool_missing(FFPROBE) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise MediaTimeoutError(f"ffprobe took longer than {timeout_s:g} s", path=str(path)) from exc
-    stderr = done.stderr.decode("utf-8", "replace").splitlines()
+    done, stderr = _run_tool(cmd, timeout_s, "ffprobe", path)
     if done.returncode != 0:
         raise ProbeError(f"ffprobe failed: {_error_summary(stderr, path)}", path=str(path))
     try:
@@ -412,13 +419,7 @@ def decode_audio(
     out = ffmpeg.output(audio, "pipe:", format="s16le", acodec="pcm_s16le", ac=1, ar=sample_rate)
     cmd = [FFMPEG, *_FFMPEG_GLOBAL, *out.get_args()]
     budget = timeout_s if timeout_s is not None else _default_timeout(duration_s)
-    try:
-        done = subprocess.run(cmd, capture_output=True, timeout=budget, stdin=subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise _tool_missing(FFMPEG) from exc
-    except subprocess.TimeoutExpired as exc:
-        raise MediaTimeoutError(f"audio decode took longer than {budget:g} s", path=str(path)) from exc
-    stderr = done.stderr.decode("utf-8", "replace").splitlines()
+    done, stderr = _run_tool(cmd, budget, "audio decode", path)
     if done.returncode != 0 and any("matches no streams" in line for line in stderr):
         raise DecodeError("no audio stream to decode", path=str(path))
     _raise_for_failure(done.returncode, stderr, str(path), "decoding audio")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import functools
 import hashlib
 import json
 import logging
@@ -71,6 +72,7 @@ class OutputLayout:
 
 # -- provenance ----------------------------------------------------------------------------------------------
 
+@functools.cache
 def code_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -99,9 +101,8 @@ def build_scorers(config: CurationConfig) -> list[Scorer]:
 
 
 def provenance(config: CurationConfig) -> dict[str, Any]:
-    models: dict[str, str] = {}
-    for scorer in build_scorers(config):
-        models.update(scorer.models())
+    scorers = build_scorers(config)
+    models = {name: sha for scorer in scorers for name, sha in scorer.models().items()}
     return {
         "schema_version": manifest.SCHEMA_VERSION,
         "code_version": code_version(),
@@ -109,7 +110,7 @@ def provenance(config: CurationConfig) -> dict[str, Any]:
         "scoring_hash": config.scoring_hash(),
         "profile": config.profile,
         "models": models,
-        "scorers": [s.version_tag for s in build_scorers(config)],
+        "scorers": [s.version_tag for s in scorers],
         "gate": GATE_VERSION,
     }
 

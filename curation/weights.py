@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -162,13 +161,3 @@ def _download(url: str, partial: Path, size: int, *, progress: bool, timeout_s: 
         if bar:
             bar.close()
 
-
-def copy_into_cache(name: str, source: Path) -> Path:
-    """Install a file obtained out of band (verified first)."""
-    spec = get_spec(name)
-    if sha256_file(source) != spec.sha256:
-        raise WeightsMissingError(f"{source} does not match the registered sha256 of {name}")
-    target = weights_dir() / spec.relpath
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target

@@ -6,6 +6,7 @@ resumes where it stopped and never duplicates a row."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_ray.context import remote_options
 from tqdm import tqdm
 
 from curation import inventory, pipeline
@@ -66,8 +68,6 @@ def _check_listing(layout: pipeline.OutputLayout, files: list[SourceFile]) -> No
     digest = pipeline.listing_digest(f.path for f in files)
     marker = layout.state / "listing.json"
     if marker.exists():
-        import json
-
         saved = json.loads(marker.read_text())
         if saved["digest"] != digest:
             raise ConfigError(
@@ -79,13 +79,7 @@ def _check_listing(layout: pipeline.OutputLayout, files: list[SourceFile]) -> No
 
 
 def _submit(task_fn, items: list[tuple], resources: dict[str, float]):
-    """Submit with Ray resource requests when running on Ray; plain submit otherwise."""
-    try:
-        from prefect_ray.context import remote_options
-    except ImportError:  # pragma: no cover - prefect-ray is a base dependency
-        remote_options = None
-    if remote_options is None:
-        return [task_fn.submit(*args) for args in items]
+    """Submit with Ray resource requests (read by the Ray runner; ignored by the local one)."""
     with remote_options(**resources):
         return [task_fn.submit(*args) for args in items]
 

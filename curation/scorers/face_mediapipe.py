@@ -77,10 +77,12 @@ class MediaPipeFaceScorer(Scorer):
     )
 
     def setup(self) -> None:
+        import mediapipe as mp
         from mediapipe.tasks.python import BaseOptions, vision
 
+        self._image, self._srgb = mp.Image, mp.ImageFormat.SRGB
+
         self._model_path = weights.resolve("face_landmarker")
-        self._sha256 = weights.get_spec("face_landmarker").sha256
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(self._model_path)),
             running_mode=vision.RunningMode.IMAGE,
@@ -105,9 +107,7 @@ class MediaPipeFaceScorer(Scorer):
         return {"face_landmarker": weights.get_spec("face_landmarker").sha256}
 
     def _frame(self, t: float, rgb: np.ndarray, width: int, height: int) -> dict[str, Any]:
-        import mediapipe as mp
-
-        result = self._landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb))
+        result = self._landmarker.detect(self._image(image_format=self._srgb, data=rgb))
         faces = result.face_landmarks
         point = {"t": t, "n_faces": len(faces), "box": None, "eyes_box": None, "mouth_box": None,
                  "yaw": None, "pitch": None, "roll": None}
