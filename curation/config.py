@@ -35,11 +35,37 @@ class ClipConfig(_Strict):
     scene_threshold: float = Field(3.0, gt=0)
 
 
+class DWPoseConfig(_Strict):
+    batch_size: int = Field(16, ge=1, le=256)  # frames (detector) and person crops (pose) per ONNX call
+    det_score_min: float = Field(0.3, ge=0, le=1)  # person boxes kept above this score (DWPose's value)
+    nms_iou: float = Field(0.45, gt=0, le=1)
+    keypoint_score_min: float = Field(0.3, ge=0, le=1)  # a face point counts when its score reaches this
+    face_points_min: int = Field(60, ge=1, le=68)  # a face counts when this many of its 68 points do (authors: 60)
+    detector_weights: Path | None = None  # a local yolox_l.onnx instead of the registry's (sha256 is recorded)
+    pose_weights: Path | None = None  # a local dw-ll_ucoco_384.onnx instead of the registry's
+
+
 class FaceConfig(_Strict):
     sample_fps: float = Field(5.0, gt=0, le=60)
     max_side: int = Field(640, ge=64)
     num_faces: int = Field(4, ge=1, le=16)
     min_detection_confidence: float = Field(0.5, ge=0, le=1)
+    dwpose: DWPoseConfig = DWPoseConfig()
+
+
+class SyncConfig(_Strict):
+    enabled: bool = True  # false: no SyncNet (clips that pass everything else stay "pending")
+    weights: Path | None = None  # a local syncnet_v2.model-format file instead of the registry's
+    batch_size: int = Field(64, ge=1, le=4096)  # 5-frame windows per forward pass
+    vshift: int = Field(15, ge=1, le=50)  # offsets searched: -vshift .. +vshift frames (reference: 15)
+    crop_scale: float = Field(0.4, ge=0, le=2)  # the reference crop's margin around the face box
+    smooth_frames: int = Field(13, ge=1)  # median filter over the per-frame box (reference: 13, odd)
+
+    @model_validator(mode="after")
+    def _odd_kernel(self) -> SyncConfig:
+        if self.smooth_frames % 2 == 0:
+            raise ValueError(f"sync.smooth_frames must be odd (a median filter kernel), got {self.smooth_frames}")
+        return self
 
 
 class AudioConfig(_Strict):
@@ -66,6 +92,7 @@ class RuntimeConfig(_Strict):
     probe_timeout_s: float = Field(30.0, gt=0)
     ray_address: str | None = None
     ray_num_cpus: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # where models run; "auto": a GPU when one is visible
     score_all: bool = False
 
 
@@ -75,6 +102,7 @@ class CurationConfig(_Strict):
     clips: ClipConfig = ClipConfig()
     face: FaceConfig = FaceConfig()
     audio: AudioConfig = AudioConfig()
+    sync: SyncConfig = SyncConfig()
     thresholds: Thresholds = Thresholds()
     runtime: RuntimeConfig = RuntimeConfig()
 
@@ -93,7 +121,7 @@ class CurationConfig(_Strict):
     def scoring_hash(self) -> str:
         """Hash of everything that changes scores (not thresholds, sources or runtime): a resumed run with a
         different scoring hash would mix incomparable rows, so the runner refuses it."""
-        scoring = {k: v for k, v in self.to_dict().items() if k in ("profile", "clips", "face", "audio")}
+        scoring = {k: v for k, v in self.to_dict().items() if k in ("profile", "clips", "face", "audio", "sync")}
         return _hash(scoring)
 
     def config_hash(self) -> str:

@@ -312,7 +312,7 @@ class ShardProcessor:
         counters["clips_scored"] += 1
         counters["video_s_scored"] += clip.duration_s
         for scorer in scorers:
-            columns, reason, message = scorer.run(clip)
+            columns, reason, message = scorer.run(clip, row)
             row.update(columns)
             row[scorer.version_column] = scorer.version_tag
             if message and not row.get("error"):

@@ -6,6 +6,7 @@ A file is looked up as ``<weights dir>/<relpath>``, then in the air-gapped mirro
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import urllib.error
@@ -108,6 +109,30 @@ def resolve(name: str, *, allow_fetch: bool | None = None) -> Path:
         f"model {name} not found at {path}. Run `{fetch_command(name)}`, or set MEGACTOR_WEIGHTS_DIR to a "
         f"directory holding {spec.relpath}"
     )
+
+
+def resolve_or_local(name: str, local: Path | None) -> Path:
+    """``local`` when a config names a file in place of the registry's (it must exist; its checksum is not
+    checked but recorded), else the registry's verified file for ``name``."""
+    if local is None:
+        return resolve(name)
+    local = Path(local).expanduser()
+    if not local.is_file():
+        raise WeightsMissingError(f"the weights file configured for {name} does not exist: {local}")
+    return local
+
+
+@functools.cache
+def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def model_sha256(name: str, local: Path | None) -> str:
+    """The sha256 that provenance records for ``name``: the registry's, or the configured local file's."""
+    if local is None:
+        return get_spec(name).sha256
+    stat = Path(local).expanduser().stat()
+    return _cached_sha256(str(Path(local).expanduser().resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def fetch(name: str, *, progress: bool = True, timeout_s: float = 60.0) -> Path:

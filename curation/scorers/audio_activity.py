@@ -6,6 +6,7 @@ give 0; continuous speech gives 0.6-0.95 (pauses count as unvoiced)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,7 @@ class AudioActivityScorer(Scorer):
         pa.field("audio_rms_dbfs", pa.float32()),
     )
 
-    def score(self, clip: ClipSpan) -> dict[str, Any]:
+    def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
         import webrtcvad
 
         audio = media.decode_audio(clip.path, start_s=clip.start_s, duration_s=clip.duration_s,

@@ -10,6 +10,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -43,9 +44,11 @@ class Scorer(ABC):
     num_cpus: ClassVar[float] = 1.0  # read by the Ray runner; a scorer never calls ray itself
     num_gpus: ClassVar[float] = 0.0
     needs_audio: ClassVar[bool] = False  # skip (leave null) on sources without an audio stream
+    inputs: ClassVar[tuple[str, ...]] = ()  # columns of earlier scorers that score() reads (skip when null)
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, *, device: str = "cpu"):
         self.config = config  # must pickle: heavy state is built in setup()
+        self.device = device  # "cpu" or "cuda", resolved by the caller (see curation.devices)
         self._ready = False
         self.counters: Counter[str] = Counter()
 
@@ -57,8 +60,9 @@ class Scorer(ABC):
         """Release models (called when the worker's scorer cache is dropped)."""
 
     @abstractmethod
-    def score(self, clip: ClipSpan) -> dict[str, Any]:
-        """Columns for one clip (a subset of ``fields``); raise a MediaError for bad input."""
+    def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
+        """Columns for one clip (a subset of ``fields``); raise a MediaError for bad input. ``upstream`` holds
+        the (non-null) ``inputs`` columns that earlier scorers produced for this clip."""
 
     def models(self) -> dict[str, str]:
         """Model name -> sha256 of every weight file this scorer loaded (for provenance)."""
@@ -86,15 +90,21 @@ class Scorer(ABC):
             self.counters["setup_s"] += time.perf_counter() - started
             self._ready = True
 
-    def run(self, clip: ClipSpan) -> tuple[dict[str, Any], str | None, str | None]:
-        """``(columns, error_reason, error_message)`` for one clip, with timing and counters."""
+    def run(self, clip: ClipSpan, row: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str | None, str | None]:
+        """``(columns, error_reason, error_message)`` for one clip, with timing and counters. ``row`` holds the
+        columns scored so far (the clip's manifest row); a scorer whose inputs are missing is skipped and
+        leaves its columns null, so the filter reports its rules as unscored."""
         if self.needs_audio and not clip.probe.has_audio:
             self.counters["skipped_no_audio"] += 1
+            return {}, None, None
+        upstream = {name: (row or {}).get(name) for name in self.inputs}
+        if any(value is None for value in upstream.values()):
+            self.counters["skipped_missing_inputs"] += 1
             return {}, None, None
         self.ensure_setup()
         started = time.perf_counter()
         try:
-            columns = self.score(clip)
+            columns = self.score(clip, upstream)
         except MediaError as error:
             self.counters["errors"] += 1
             return {}, error.reason, f"{self.name}: {error}"

@@ -13,6 +13,7 @@ Head pose: yaw/pitch/roll in degrees from the rotation part of MediaPipe's facia
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -122,7 +123,7 @@ class MediaPipeFaceScorer(Scorer):
                      mouth_box=_box(points[self._mouth], width, height), yaw=yaw, pitch=pitch, roll=roll)
         return point
 
-    def score(self, clip: ClipSpan) -> dict[str, Any]:
+    def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
         width, height = clip.probe.width, clip.probe.height
         track = []
         for t, rgb in media.iter_frames(clip.path, clip.probe, start_s=clip.start_s, duration_s=clip.duration_s,
