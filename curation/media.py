@@ -20,15 +20,18 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
-from typing import Any
+from queue import Empty, Full, Queue
+from typing import Any, TypeVar
 
 import ffmpeg
 import numpy as np
 
 from curation.errors import DecodeError, EmptyFileError, MediaTimeoutError, ProbeError, ToolMissingError
+
+T = TypeVar("T")
 
 FFMPEG = "ffmpeg"
 FFPROBE = "ffprobe"
@@ -426,11 +429,62 @@ def decode_audio(
     return np.frombuffer(done.stdout, dtype="<i2").astype(np.float32) / 32768.0
 
 
+def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, ``depth`` items ahead: decoding and cropping on the CPU
+    overlap the consumer's model calls (on a GPU, or in ONNX Runtime / torch, which release the GIL).
+    Exceptions from the producer are re-raised in the consumer; stopping early closes the source iterator
+    (which kills its ffmpeg process)."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as error:  # handed to the consumer
+            queue.put((done, error))
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        queue.put((done, None))
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get(timeout=0.1)
+            except Empty:
+                pass
+        thread.join()
+
+
 __all__ = [
     "ProbeResult",
     "decode_audio",
     "default_fps",
     "iter_frames",
     "output_size",
+    "prefetch",
     "probe",
 ]

@@ -412,3 +412,30 @@ def test_decode_audio_of_truncated_file_fails(bad: dict[str, Path]) -> None:
     with pytest.raises(DecodeError, match="truncated"):
         media.decode_audio(bad["truncated_moov"])
     assert len(media.decode_audio(bad["audio_only"])) == pytest.approx(48000, abs=400)
+
+
+def test_prefetch_keeps_order_reraises_and_closes_the_source_when_stopped_early():
+    from curation.media import prefetch
+
+    def failing():
+        yield from range(50)
+        raise ValueError("decoder died")
+
+    seen = []
+    with pytest.raises(ValueError, match="decoder died"):
+        for item in prefetch(failing(), depth=4):
+            seen.append(item)
+    assert seen == list(range(50))
+
+    closed = []
+
+    def endless():
+        try:
+            yield from range(10**9)
+        finally:
+            closed.append(True)
+
+    for item in prefetch(endless(), depth=2):
+        if item == 5:
+            break
+    assert closed == [True]
