@@ -9,7 +9,8 @@ face. The paper's rule "face greater than 600 x 600" is ``face_res_px >= 600``. 
 sampled frames where a face was found (``face_res_p10_px``: the 10th percentile).
 
 Head pose: yaw/pitch/roll in degrees from the rotation part of MediaPipe's facial transformation matrix
-(canonical face -> camera), decomposed as R = Rz(roll) Ry(yaw) Rx(pitch). 0/0/0 is a frontal face."""
+(canonical face -> camera), decomposed as R = Rz(roll) Ry(yaw) Rx(pitch) (``curation.headpose``). 0/0/0 is a
+frontal face. The columns and the per-clip statistics are shared with the DWPose backend (``face_track``)."""
 
 from __future__ import annotations
 
@@ -17,43 +18,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from curation import media, weights
+from curation.headpose import euler_from_rotation
 from curation.scorers.base import ClipSpan, Scorer
+from curation.scorers.face_track import FACE_FIELDS, empty_point, summarise_track, tight_box
 
-TRACK_POINT = pa.struct(
-    [
-        ("t", pa.float64()),
-        ("n_faces", pa.int8()),
-        ("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 of the largest face, source pixels
-        ("eyes_box", pa.list_(pa.float32(), 4)),  # both eyes and brows
-        ("mouth_box", pa.list_(pa.float32(), 4)),
-        ("yaw", pa.float32()),
-        ("pitch", pa.float32()),
-        ("roll", pa.float32()),
-    ]
-)
+__all__ = ["MediaPipeFaceScorer", "euler_from_rotation"]
 
 
 def _indices(connections) -> np.ndarray:
     return np.array(sorted({c.start for c in connections} | {c.end for c in connections}))
-
-
-def euler_from_rotation(rotation: np.ndarray) -> tuple[float, float, float]:
-    """(yaw, pitch, roll) in degrees from a 3x3 rotation (columns normalised first: the matrix may scale)."""
-    r = rotation / np.linalg.norm(rotation, axis=0, keepdims=True)
-    yaw = np.degrees(np.arctan2(-r[2, 0], np.hypot(r[2, 1], r[2, 2])))
-    pitch = np.degrees(np.arctan2(r[2, 1], r[2, 2]))
-    roll = np.degrees(np.arctan2(r[1, 0], r[0, 0]))
-    return float(yaw), float(pitch), float(roll)
-
-
-def _box(points: np.ndarray, width: int, height: int) -> list[float]:
-    x0, y0 = points.min(axis=0)
-    x1, y1 = points.max(axis=0)
-    return [float(np.clip(x0, 0, width)), float(np.clip(y0, 0, height)),
-            float(np.clip(x1, 0, width)), float(np.clip(y1, 0, height))]
 
 
 class MediaPipeFaceScorer(Scorer):
@@ -61,21 +36,7 @@ class MediaPipeFaceScorer(Scorer):
     version = "1.0"
     version_column = "face_version"
     requires = {"mediapipe": "curation"}
-    fields = (
-        pa.field("face_frames_sampled", pa.int32()),
-        pa.field("face_present_frac", pa.float32()),
-        pa.field("face_count_max", pa.int16()),
-        pa.field("multi_face_frac", pa.float32()),
-        pa.field("face_res_px", pa.float32()),
-        pa.field("face_res_p10_px", pa.float32()),
-        pa.field("face_box", pa.list_(pa.float32(), 4)),
-        pa.field("face_track", pa.list_(TRACK_POINT)),
-        pa.field("yaw_abs_mean_deg", pa.float32()),
-        pa.field("pose_yaw_mean_deg", pa.float32()),
-        pa.field("pose_yaw_abs_p90_deg", pa.float32()),
-        pa.field("pose_pitch_mean_deg", pa.float32()),
-        pa.field("pose_roll_mean_deg", pa.float32()),
-    )
+    fields = FACE_FIELDS
 
     def setup(self) -> None:
         import mediapipe as mp
@@ -110,17 +71,16 @@ class MediaPipeFaceScorer(Scorer):
     def _frame(self, t: float, rgb: np.ndarray, width: int, height: int) -> dict[str, Any]:
         result = self._landmarker.detect(self._image(image_format=self._srgb, data=rgb))
         faces = result.face_landmarks
-        point = {"t": t, "n_faces": len(faces), "box": None, "eyes_box": None, "mouth_box": None,
-                 "yaw": None, "pitch": None, "roll": None}
+        point = empty_point(t, len(faces))
         if not faces:
             return point
         all_points = [np.array([(p.x * width, p.y * height) for p in face]) for face in faces]
-        boxes = [_box(points, width, height) for points in all_points]
+        boxes = [tight_box(points, width, height) for points in all_points]
         largest = int(np.argmax([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]))
         points = all_points[largest]
         yaw, pitch, roll = euler_from_rotation(np.asarray(result.facial_transformation_matrixes[largest])[:3, :3])
-        point.update(box=boxes[largest], eyes_box=_box(points[self._eyes], width, height),
-                     mouth_box=_box(points[self._mouth], width, height), yaw=yaw, pitch=pitch, roll=roll)
+        point.update(box=boxes[largest], eyes_box=tight_box(points[self._eyes], width, height),
+                     mouth_box=tight_box(points[self._mouth], width, height), yaw=yaw, pitch=pitch, roll=roll)
         return point
 
     def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,30 +92,3 @@ class MediaPipeFaceScorer(Scorer):
             track.append(self._frame(t, rgb, width, height))
         return summarise_track(track)
 
-
-def summarise_track(track: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-clip statistics of a face track (frames without a face count against presence only)."""
-    found = [p for p in track if p["n_faces"] > 0]
-    row: dict[str, Any] = {
-        "face_frames_sampled": len(track),
-        "face_present_frac": len(found) / len(track) if track else None,
-        "face_count_max": max((p["n_faces"] for p in track), default=None),
-        "multi_face_frac": sum(p["n_faces"] > 1 for p in track) / len(track) if track else None,
-        "face_track": track,
-    }
-    if not found:
-        return row
-    boxes = np.array([p["box"] for p in found])
-    sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    yaw = np.array([p["yaw"] for p in found])
-    row.update(
-        face_res_px=float(np.median(sides)),
-        face_res_p10_px=float(np.percentile(sides, 10)),
-        face_box=[float(v) for v in np.median(boxes, axis=0)],
-        yaw_abs_mean_deg=float(np.mean(np.abs(yaw))),
-        pose_yaw_mean_deg=float(np.mean(yaw)),
-        pose_yaw_abs_p90_deg=float(np.percentile(np.abs(yaw), 90)),
-        pose_pitch_mean_deg=float(np.mean([p["pitch"] for p in found])),
-        pose_roll_mean_deg=float(np.mean([p["roll"] for p in found])),
-    )
-    return row
