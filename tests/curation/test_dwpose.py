@@ -3,8 +3,10 @@
 The DWPose tests run tiny ONNX models built here with onnx.helper in the real models' input/output contract:
 a "detector" whose raw YOLOX output holds two persons at known letterbox boxes (plus a duplicate, a weak
 person and a non-person that must all be dropped) and a "pose model" whose SimCC outputs peak at known bins.
-Both ignore their pixels (a 0 * mean(input) term keeps the input connected), so what is checked is the
-plumbing: letterbox and grid decoding, NMS, crops, SimCC decoding and the mapping back to source pixels."""
+Their only use of the pixels is the input's mean m: person B's objectness is m / 100 (so a dark frame has no
+person B) and every SimCC peak is raised by m / 100 (so a keypoint's score says which crop it came from).
+What is checked is the plumbing: letterbox and grid decoding, NMS, crops, batching and its order, SimCC
+decoding and the mapping back to source pixels."""
 
 from __future__ import annotations
 
@@ -52,17 +54,18 @@ def _face_layout() -> np.ndarray:
 FACE_CROP = _face_layout()
 
 
-def _zero_term(input_name: str) -> list:
-    """Nodes computing 0 * mean(input) as an (N, 1, 1) tensor: keeps the input connected and the batch size."""
+def _plus_mean_times(input_name: str, constant: str, slope: str, output: str) -> list:
+    """Nodes computing ``constant + mean(input) * slope``, the input's mean taken per batch item."""
     return [
-        helper.make_node("ReduceMean", [input_name], ["mean"], axes=[1, 2, 3], keepdims=1),
-        helper.make_node("Reshape", ["mean", "shape"], ["mean3"]),
-        helper.make_node("Mul", ["mean3", "zero"], ["zero_term"]),
+        helper.make_node("ReduceMean", [input_name], [f"{output}_mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", [f"{output}_mean", "shape"], [f"{output}_mean3"]),  # (N, 1, 1)
+        helper.make_node("Mul", [f"{output}_mean3", slope], [f"{output}_term"]),
+        helper.make_node("Add", [f"{output}_term", constant], [output]),
     ]
 
 
 def _save(path: Path, nodes, inputs, outputs, constants: dict[str, np.ndarray]) -> Path:
-    constants = {"shape": np.array([-1, 1, 1], np.int64), "zero": np.zeros((1,), np.float32), **constants}
+    constants = {"shape": np.array([-1, 1, 1], np.int64), **constants}
     graph = helper.make_graph(nodes, "tiny", inputs, outputs,
                               initializer=[numpy_helper.from_array(v, k) for k, v in constants.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -72,27 +75,30 @@ def _save(path: Path, nodes, inputs, outputs, constants: dict[str, np.ndarray]) 
     return path
 
 
-def _anchor(raw: np.ndarray, stride: int, box, objectness: float, cls: int, cls_prob: float) -> None:
-    """Write ``box`` into the raw YOLOX output row of the grid cell holding its centre."""
+def _anchor(raw: np.ndarray, stride: int, box, objectness: float, cls: int, cls_prob: float) -> int:
+    """Write ``box`` into the raw YOLOX output row of the grid cell holding its centre; returns the row."""
     grid, strides = dwpose.yolox_grid((640, 640))
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     row = int(np.flatnonzero((strides[:, 0] == stride) & (grid[:, 0] == cx // stride) & (grid[:, 1] == cy // stride))[0])
     raw[0, row, :4] = [cx / stride - grid[row, 0], cy / stride - grid[row, 1],
                        math.log((box[2] - box[0]) / stride), math.log((box[3] - box[1]) / stride)]
     raw[0, row, 4], raw[0, row, 5 + cls] = objectness, cls_prob
+    return row
 
 
 def make_detector(path: Path, batch: int | str) -> Path:
     raw = np.zeros((1, 8400, 85), np.float32)
     _anchor(raw, 32, PERSON_A, 0.9, 0, 0.95)
     _anchor(raw, 16, (104, 54, 304, 334), 0.8, 0, 0.9)  # a duplicate of A: NMS drops it
-    _anchor(raw, 32, PERSON_B, 0.9, 0, 0.9)
+    row_b = _anchor(raw, 32, PERSON_B, 0.0, 0, 0.9)
     _anchor(raw, 8, (500, 500, 560, 560), 0.9, 2, 0.9)  # a car: not a person
     _anchor(raw, 16, (20, 400, 120, 600), 0.5, 0, 0.5)  # a person at score 0.25 <= det_score_min
+    slope = np.zeros_like(raw)
+    slope[0, row_b, 4] = 0.01  # B's objectness = mean / 100: B scores over 0.3 iff the input's mean > 33.3
     image = helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, 640, 640])
     output = helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 8400, 85])
-    nodes = [*_zero_term("images"), helper.make_node("Add", ["zero_term", "raw"], ["output"])]
-    return _save(path, nodes, [image], [output], {"raw": raw})
+    return _save(path, _plus_mean_times("images", "raw", "slope", "output"), [image], [output],
+                 {"raw": raw, "slope": slope})
 
 
 def make_pose(path: Path, batch: int | str) -> Path:
@@ -101,15 +107,18 @@ def make_pose(path: Path, batch: int | str) -> Path:
     scores = np.full(133, 0.5, np.float32)
     scores[dwpose.FACE_SLICE] = 0.9
     scores[23 + np.array(LOW_SCORE_FACE_POINTS)] = 0.2
-    simcc_x, simcc_y = np.zeros((1, 133, 576), np.float32), np.zeros((1, 133, 768), np.float32)
-    simcc_x[0, np.arange(133), (points[:, 0] * 2).astype(int)] = scores
-    simcc_y[0, np.arange(133), (points[:, 1] * 2).astype(int)] = scores + 0.05  # the score is the smaller max
+    constants = {name: np.zeros((1, 133, bins), np.float32)
+                 for name, bins in (("sx", 576), ("sy", 768), ("slope_x", 576), ("slope_y", 768))}
+    for axis, (constant, slope) in enumerate((("sx", "slope_x"), ("sy", "slope_y"))):
+        peaks = (np.arange(133), (points[:, axis] * 2).astype(int))
+        constants[constant][0][peaks] = scores + 0.05 * axis  # the score is the smaller maximum: x's
+        constants[slope][0][peaks] = 0.01  # every peak rises by mean / 100
     image = helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, 384, 288])
     outputs = [helper.make_tensor_value_info("simcc_x", TensorProto.FLOAT, [batch, 133, 576]),
                helper.make_tensor_value_info("simcc_y", TensorProto.FLOAT, [batch, 133, 768])]
-    nodes = [*_zero_term("input"), helper.make_node("Add", ["zero_term", "sx"], ["simcc_x"]),
-             helper.make_node("Add", ["zero_term", "sy"], ["simcc_y"])]
-    return _save(path, nodes, [image], outputs, {"sx": simcc_x, "sy": simcc_y})
+    nodes = [*_plus_mean_times("input", "sx", "slope_x", "simcc_x"),
+             *_plus_mean_times("input", "sy", "slope_y", "simcc_y")]
+    return _save(path, nodes, [image], outputs, constants)
 
 
 @pytest.fixture(scope="module")
@@ -194,27 +203,33 @@ def test_simcc_decoding_and_mapping_back():
 
 # -- (a) the whole DWPose pipeline on the tiny models ---------------------------------------------------------------
 
-FRAME_SIZES = ((720, 1280), (480, 640), (640, 640), (1080, 1920))  # (h, w): different letterbox ratios
+# (h, w, grey level): different letterbox ratios; dark frames (mean under 33.3 after letterboxing) have no
+# person B, so the persons of a batch are not the same on every frame. Person crops lie inside the frames.
+FRAMES = ((768, 1280, 0), (480, 640, 255), (640, 640, 0), (1080, 1440, 255), (480, 640, 0))
+IMAGENET_MEAN, IMAGENET_STD = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
 
 
 @pytest.mark.parametrize(("variant", "batch_size"), [("dynamic", 1), ("dynamic", 3), ("fixed", 4), ("fixed2", 4)])
 def test_dwpose_recovers_boxes_and_keypoints_in_source_pixels(tiny_models, variant, batch_size):
     model = dwpose.DWPose(*tiny_models[variant], ["CPUExecutionProvider"], batch_size=batch_size)
     assert model.detector.fixed_batch == {"dynamic": None, "fixed": 1, "fixed2": 2}[variant]
-    frames = [np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)
-              for i, (h, w) in enumerate(FRAME_SIZES)]
-    results = model(frames)
-    assert len(results) == len(frames)
-    for (h, w), persons in zip(FRAME_SIZES, results, strict=True):
+    results = model([np.full((h, w, 3), grey, np.uint8) for h, w, grey in FRAMES])
+    assert len(results) == len(FRAMES)
+    for (h, w, grey), persons in zip(FRAMES, results, strict=True):
         ratio = min(640 / h, 640 / w)
-        assert len(persons) == 2
-        a, b = persons
-        np.testing.assert_allclose(a.box, np.array(PERSON_A) / ratio, atol=0.05)
-        np.testing.assert_allclose(b.box, np.array(PERSON_B) / ratio, atol=0.05)
-        assert a.box_score == pytest.approx(0.855) and a.keypoints.shape == (133, 2) and a.scores.shape == (133,)
-        np.testing.assert_allclose(a.keypoints[dwpose.FACE_SLICE], expected_source(PERSON_A, FACE_CROP, ratio), atol=0.01)
-        np.testing.assert_allclose(b.keypoints[dwpose.FACE_SLICE], expected_source(PERSON_B, FACE_CROP, ratio), atol=0.01)
-        assert a.scores[23] == pytest.approx(0.2) and a.scores[30] == pytest.approx(0.9)
+        content = int(w * ratio) * int(h * ratio) / 640**2
+        detector_mean = grey * content + 114 * (1 - content)
+        expected = [(0.855, PERSON_A), (0.9 * detector_mean / 100, PERSON_B)]  # B's objectness is mean / 100
+        expected = sorted((item for item in expected if item[0] > 0.3), key=lambda item: -item[0])
+        assert len(persons) == len(expected)
+        crop_mean = np.mean((grey - IMAGENET_MEAN) / IMAGENET_STD)
+        for person, (box_score, box) in zip(persons, expected, strict=True):
+            assert person.box_score == pytest.approx(box_score, rel=1e-2) and person.keypoints.shape == (133, 2)
+            np.testing.assert_allclose(person.box, np.array(box) / ratio, atol=0.05)
+            face = person.keypoints[dwpose.FACE_SLICE]
+            np.testing.assert_allclose(face, expected_source(box, FACE_CROP, ratio), atol=0.01)
+            assert person.scores[30] == pytest.approx(0.9 + crop_mean / 100, abs=1e-3)  # this crop's score
+            assert person.scores[23] == pytest.approx(0.2 + crop_mean / 100, abs=1e-3)
     assert model([]) == []
 
 
