@@ -34,6 +34,12 @@ class DecodeError(MediaError):
     reason = "decode_failed"
 
 
+class TooShortForSyncError(MediaError):
+    """The span holds fewer frames or less audio than one SyncNet window needs."""
+
+    reason = "too_short_for_sync"
+
+
 class MediaTimeoutError(MediaError):
     reason = "media_timeout"
 

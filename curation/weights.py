@@ -46,6 +46,77 @@ REGISTRY: dict[str, WeightSpec] = {
             description="MediaPipe Face Landmarker (face detector + 478 landmarks + transformation matrix)",
             auto_fetch=True,
         ),
+        WeightSpec(
+            name="yolox_l",
+            relpath="dwpose/yolox_l.onnx",
+            # DWPose ships Megvii's YOLOX-L release asset unchanged (same sha256)
+            urls=(
+                "https://huggingface.co/yzd-v/DWPose/resolve/main/yolox_l.onnx",
+                "https://github.com/Megvii-BaseDetection/YOLOX/releases/download/0.1.1rc0/yolox_l.onnx",
+            ),
+            sha256="7860ae79de6c89a3c1eb72ae9a2756c0ccfbe04b7791bb5880afabd97855a411",
+            size_bytes=216_746_733,
+            licence="Apache-2.0",
+            description="YOLOX-L person detector (DWPose's first stage; paper profile)",
+        ),
+        WeightSpec(
+            name="dw-ll_ucoco_384",
+            relpath="dwpose/dw-ll_ucoco_384.onnx",
+            urls=("https://huggingface.co/yzd-v/DWPose/resolve/main/dw-ll_ucoco_384.onnx",),
+            sha256="724f4ff2439ed61afb86fb8a1951ec39c6220682803b4a8bd4f598cd913b1843",
+            size_bytes=134_399_116,
+            licence="Apache-2.0",
+            description="DWPose-L COCO-WholeBody 133 keypoints, 288x384 (paper profile face box and landmarks)",
+        ),
+        WeightSpec(
+            name="syncnet_v2",
+            relpath="syncnet/syncnet_v2.model",
+            urls=(
+                "https://www.robots.ox.ac.uk/~vgg/software/lipsync/data/syncnet_v2.model",
+                "https://huggingface.co/chunyu-li/LatentSync/resolve/main/auxiliary/syncnet_v2.model",
+            ),
+            sha256="961e8696f888fce4f3f3a6c3d5b3267cf5b343100b238e79b2659bff2c605442",
+            size_bytes=54_573_114,
+            licence="MIT (joonson/syncnet_python)",
+            description="SyncNet reference weights (Sync-C / Sync-D / AV offset; both profiles)",
+            auto_fetch=True,
+        ),
+        WeightSpec(
+            name="sd-vae-ft-ema",
+            relpath="vae/sd-vae-ft-ema/diffusion_pytorch_model.safetensors",
+            urls=(
+                "https://huggingface.co/stabilityai/sd-vae-ft-ema/resolve/f04b2c4b98319346dad8c65879f680b1997b204a/"
+                "diffusion_pytorch_model.safetensors",
+            ),
+            sha256="32db726da04f06c1b6b14c0043ce115cc87a501482945c5add89a40d838fcb46",
+            size_bytes=334_643_276,
+            licence="MIT",
+            description="Stable Diffusion VAE (ft-EMA), the latent space PixArt-alpha was trained in (training)",
+        ),
+        WeightSpec(
+            name="whisper-tiny",
+            relpath="whisper/whisper-tiny/model.safetensors",
+            urls=(
+                "https://huggingface.co/openai/whisper-tiny/resolve/169d4a4341b33bc18d8881c4b69c2e104e1cc0af/"
+                "model.safetensors",
+            ),
+            sha256="7ebd0e69e78190ffe1438491fa05cc1f5c1aa3a4c4db3bc1723adbb551ea2395",
+            size_bytes=151_061_672,
+            licence="Apache-2.0",
+            description="Whisper tiny, frozen audio encoder for the audio attention layers (training)",
+        ),
+        WeightSpec(
+            name="inswapper_128",
+            relpath="insightface/inswapper_128.onnx",
+            urls=(
+                "https://huggingface.co/deepinsight/inswapper/resolve/main/inswapper_128.onnx",
+                "https://github.com/facefusion/facefusion-assets/releases/download/models/inswapper_128.onnx",
+            ),
+            sha256="e4a3f08c753cb72d04e10aa0f7dbe3deebbf39567d4ead6dce08e98aa49e16af",
+            size_bytes=554_253_681,
+            licence="InsightFace models: non-commercial research only",
+            description="InsightFace face swapper (face-swap augmentation of driving videos)",
+        ),
     )
 }
 

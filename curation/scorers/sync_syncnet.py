@@ -1,0 +1,155 @@
+"""Lip sync: SyncNet's AV offset, Sync-D and Sync-C, computed as the reference does (``metrics.syncnet``).
+
+Face crops come from the face track the face scorer stored (no second face detector): the track's boxes, sampled
+at ``face.sample_fps``, are interpolated to every 25 fps frame, median-filtered over 13 frames in centre and
+size, and cut with the reference's geometry (``run_pipeline.py``): half-side ``bs = max(w, h) / 2``, the frame
+padded with grey 110, rows ``[y - bs, y + bs (1 + 2 c)]`` and columns ``[x - bs (1 + c), x + bs (1 + c)]`` around
+the box centre with c = 0.4, resized to 224x224. Deviations from the reference pipeline, all for speed or because
+there is no second detector: boxes come from the face landmarks (not S3FD) and are interpolated between sampled
+frames; crops go to the network in memory (the reference writes an MPEG-4 file and re-reads JPEG frames)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curation import media, weights
+from curation.errors import DecodeError, TooShortForSyncError
+from curation.scorers.base import ClipSpan, Scorer
+
+PAD_VALUE = 110
+
+
+def crop_boxes(track: Sequence[Mapping[str, Any]], times: np.ndarray, smooth_frames: int) -> np.ndarray | None:
+    """Per frame time: (centre x, centre y, half side) from the track's face boxes, linearly interpolated
+    between sampled frames (held at the ends) and median-filtered like the reference. None without any box."""
+    from scipy.signal import medfilt
+
+    found = [(p["t"], p["box"]) for p in track if p.get("box") is not None]
+    if not found:
+        return None
+    t = np.array([f[0] for f in found])
+    boxes = np.array([f[1] for f in found], dtype=np.float64)
+    x = (boxes[:, 0] + boxes[:, 2]) / 2
+    y = (boxes[:, 1] + boxes[:, 3]) / 2
+    half = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
+    per_frame = np.stack([np.interp(times, t, v) for v in (x, y, half)], axis=1)
+    if smooth_frames > 1 and len(times) > 1:
+        per_frame = np.stack([medfilt(per_frame[:, k], kernel_size=smooth_frames) for k in range(3)], axis=1)
+    return per_frame
+
+
+def crop_face(frame: np.ndarray, x: float, y: float, half: float, crop_scale: float) -> np.ndarray:
+    """The reference crop of one frame around a face box centre, resized to 224x224 (same array layout)."""
+    import cv2
+
+    pad = int(half * (1 + 2 * crop_scale))
+    padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), mode="constant", constant_values=PAD_VALUE)
+    my, mx = y + pad, x + pad
+    face = padded[int(my - half): int(my + half * (1 + 2 * crop_scale)),
+                  int(mx - half * (1 + crop_scale)): int(mx + half * (1 + crop_scale))]
+    return cv2.resize(face, (224, 224))
+
+
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    """media.decode_audio's float samples back to the exact 16-bit PCM values ffmpeg produced."""
+    return np.round(audio * 32768.0).astype(np.int16)
+
+
+def frame_times(clip: ClipSpan, fps: int) -> np.ndarray:
+    return clip.start_s + np.arange(int(round(clip.duration_s * fps))) / fps
+
+
+class SyncNetScorer(Scorer):
+    name = "sync_syncnet"
+    version = "1.0"
+    version_column = "sync_version"
+    requires = {"torch": "paper", "python_speech_features": "paper", "scipy": "paper"}
+    needs_audio = True
+    inputs = ("face_track",)
+    num_gpus = 0.25  # a small network: four shard workers share one GPU, their decoding overlapping
+    fields = (
+        pa.field("sync_offset", pa.int16()),
+        pa.field("sync_c", pa.float32()),
+        pa.field("sync_d", pa.float32()),
+        pa.field("sync_windows", pa.int32()),
+        pa.field("sync_frame_conf", pa.list_(pa.float32())),
+    )
+
+    def setup(self) -> None:
+        from metrics.syncnet import load_syncnet
+
+        self._net = load_syncnet(weights.resolve_or_local("syncnet_v2", self.config.weights), self.device)
+
+    def close(self) -> None:
+        self._net = None
+        self._ready = False
+
+    def models(self) -> dict[str, str]:
+        return {"syncnet_v2": weights.model_sha256("syncnet_v2", self.config.weights)}
+
+    def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
+        from metrics import syncnet
+
+        times = frame_times(clip, syncnet.FPS)
+        boxes = crop_boxes(upstream["face_track"], times, self.config.smooth_frames)
+        if boxes is None:
+            self.counters["skipped_no_face_box"] += 1
+            return {}
+        return self._evaluate(clip, self._crops(clip, boxes))
+
+    def _crops(self, clip: ClipSpan, boxes: np.ndarray) -> Iterator[np.ndarray]:
+        frames = media.iter_frames(clip.path, clip.probe, start_s=clip.start_s, duration_s=clip.duration_s, fps=25)
+        for index, (_, rgb) in enumerate(frames):
+            if index >= len(boxes):
+                break
+            self.counters["frames_decoded"] += 1
+            x, y, half = boxes[index]
+            yield crop_face(rgb[:, :, ::-1], x, y, half, self.config.crop_scale)  # the network was trained on BGR
+
+    def _evaluate(self, clip: ClipSpan, crops: Iterator[np.ndarray]) -> dict[str, Any]:
+        from metrics import syncnet
+
+        audio = to_int16(media.decode_audio(clip.path, start_s=clip.start_s, duration_s=clip.duration_s,
+                                            sample_rate=syncnet.SAMPLE_RATE))
+        try:
+            scores = syncnet.evaluate(self._net, media.prefetch(crops), audio, vshift=self.config.vshift,
+                                      batch_size=self.config.batch_size, device=self.device)
+        except ValueError as error:  # fewer than six frames or 0.24 s of audio in the span
+            raise TooShortForSyncError(str(error), path=clip.path) from None
+        self.counters["sync_windows"] += scores.windows
+        return {"sync_offset": scores.offset, "sync_c": scores.sync_c, "sync_d": scores.sync_d,
+                "sync_windows": scores.windows, "sync_frame_conf": scores.frame_conf.tolist()}
+
+    def score_face_video(self, clip: ClipSpan) -> dict[str, Any]:
+        """Scores of an already-cropped face video (the reference demo's input; e.g. a generated video):
+        every 25 fps frame, resized to 224x224 if it is not already."""
+        import cv2
+
+        self.ensure_setup()
+
+        def crops() -> Iterator[np.ndarray]:
+            for _, rgb in media.iter_frames(clip.path, clip.probe, start_s=clip.start_s,
+                                            duration_s=clip.duration_s, fps=25):
+                bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+                yield bgr if bgr.shape[:2] == (224, 224) else cv2.resize(bgr, (224, 224))
+
+        return self._evaluate(clip, crops())
+
+
+def score_video(path: str, config: Any, device: str = "cpu") -> dict[str, Any]:
+    """``megactor sync``: SyncNet scores of a whole, already-cropped face video (``config``: a SyncConfig)."""
+    probe = media.probe(path)
+    if not probe.has_video:
+        raise DecodeError("no video stream: SyncNet needs face frames", path=path)
+    if not probe.has_audio:
+        raise DecodeError("no audio stream: SyncNet needs the soundtrack", path=path)
+    scorer = SyncNetScorer(config, device=device)
+    clip = ClipSpan(path, 0.0, probe.duration_s or 0.0, probe)
+    try:
+        return scorer.score_face_video(clip)
+    finally:
+        scorer.close()

@@ -1,0 +1,68 @@
+"""Our SyncNet scores against the reference evaluation (syncnet-python) on the same clip and the same weights."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from curation.config import SyncConfig
+from curation.scorers.sync_syncnet import score_video
+from metrics import syncnet
+from tests.metrics import reference_syncnet
+
+
+@pytest.fixture(scope="module")
+def example_clip(tmp_path_factory, videos_dir):
+    """The first 6 s of the reference example, re-encoded losslessly (FFV1 + PCM), to keep the test short."""
+    path = tmp_path_factory.mktemp("clip") / "syncnet_example_6s.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(videos_dir / "syncnet_example.avi"), "-t", "6",
+                    "-c:v", "ffv1", "-c:a", "pcm_s16le", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference_frames(tmp_path_factory, example_clip):
+    folder = tmp_path_factory.mktemp("reference")
+    reference_syncnet.extract_like_reference(example_clip, folder)
+    return folder
+
+
+def test_scores_match_the_reference_evaluation_on_random_weights(random_syncnet_weights, example_clip, reference_frames):
+    ref_offset, ref_c, ref_d = reference_syncnet.evaluate(random_syncnet_weights, reference_frames)
+    ours = score_video(str(example_clip), SyncConfig(weights=random_syncnet_weights, batch_size=48))
+
+    assert ours["sync_offset"] == ref_offset
+    assert ours["sync_c"] == pytest.approx(ref_c, abs=1e-3)
+    assert ours["sync_d"] == pytest.approx(ref_d, abs=1e-3)
+    frames = len(list(reference_frames.glob("*.jpg")))
+    audio_frames = (reference_frames / "audio.wav").stat().st_size // (2 * 640)  # ~: the 44-byte header is < 640
+    assert ours["sync_windows"] == min(frames, audio_frames) - 5
+    # the comparison means something only if the best offset is well separated from the runner-up
+    assert ref_c > 0.05
+
+
+def test_offset_and_confidence_follow_the_reference_formulas():
+    lip = torch.randn(40, syncnet.FEATURES)
+    aud = torch.roll(lip, shifts=3, dims=0) + 0.01 * torch.randn(40, syncnet.FEATURES)  # audio 3 windows late
+    scores = syncnet.sync_scores(lip, aud, vshift=15)
+    assert scores.offset == -3
+    assert scores.sync_d == pytest.approx(float(scores.mean_dists.min()))
+    assert scores.sync_c == pytest.approx(float(np.median(scores.mean_dists) - scores.mean_dists.min()), abs=1e-5)
+    assert scores.frame_conf.shape == (40,)
+
+
+def test_streamed_lip_batches_equal_one_pass(random_syncnet_weights):
+    net = syncnet.load_syncnet(random_syncnet_weights)
+    frames = [np.random.default_rng(i).integers(0, 255, (224, 224, 3), dtype=np.uint8) for i in range(12)]
+    one, seen_one = syncnet.embed_lips(net, iter(frames), 8, batch_size=64, device="cpu")
+    small, seen_small = syncnet.embed_lips(net, iter(frames), 8, batch_size=3, device="cpu")
+    assert seen_one == seen_small == 12 and one.shape == (8, syncnet.FEATURES)
+    torch.testing.assert_close(one, small, rtol=1e-4, atol=1e-4)
+
+
+def test_audio_must_be_16_bit_pcm():
+    with pytest.raises(TypeError, match="int16"):
+        syncnet.mfcc_features(np.zeros(16000, dtype=np.float32))
