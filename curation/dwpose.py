@@ -197,9 +197,8 @@ class DWPose:
         self.pose = _Model(pose_path, providers)
         self.det_score_min, self.nms_iou, self.batch_size = det_score_min, nms_iou, batch_size
         self._grid, self._strides = yolox_grid((self.detector.height, self.detector.width))
-        outputs = {output.name: output.shape for output in self.pose.session.get_outputs()}
-        if set(outputs) != {"simcc_x", "simcc_y"}:
-            raise ValueError(f"{pose_path}: expected SimCC outputs simcc_x and simcc_y, got {sorted(outputs)}")
+        if set(self.pose.output_names) != {"simcc_x", "simcc_y"}:
+            raise ValueError(f"{pose_path}: expected SimCC outputs simcc_x and simcc_y, got {self.pose.output_names}")
 
     @classmethod
     def from_config(cls, detector_path: Path | str, pose_path: Path | str, providers: Sequence[str],
@@ -226,13 +225,18 @@ class DWPose:
         size = (self.pose.width, self.pose.height)
         if not crops:
             return np.zeros((0, NUM_KEYPOINTS, 2)), np.zeros((0, NUM_KEYPOINTS))
-        frames_and_boxes = [(rgb, *box_to_centre_scale(box, size[0] / size[1])) for rgb, box in crops]
-        batch = np.stack([pose_input(rgb, centre, scale, size) for rgb, centre, scale in frames_and_boxes])
-        outputs = dict(zip(self.pose.output_names, self.pose.run(batch, self.batch_size), strict=True))
-        points, scores = decode_simcc(outputs["simcc_x"], outputs["simcc_y"])
-        centres = np.stack([centre for _, centre, _ in frames_and_boxes])[:, None, :]
-        scales = np.stack([scale for _, _, scale in frames_and_boxes])[:, None, :]
-        return crop_to_source(points, centres, scales, size), scores
+        placed = [box_to_centre_scale(box, size[0] / size[1]) for _, box in crops]
+        points, scores = [], []
+        for start in range(0, len(crops), self.batch_size):  # built one call at a time: a crowd cannot fill memory
+            batch = np.stack([pose_input(rgb, *placed[start + i], size)
+                              for i, (rgb, _) in enumerate(crops[start:start + self.batch_size])])
+            outputs = dict(zip(self.pose.output_names, self.pose.run(batch, self.batch_size), strict=True))
+            batch_points, batch_scores = decode_simcc(outputs["simcc_x"], outputs["simcc_y"])
+            points.append(batch_points)
+            scores.append(batch_scores)
+        centres = np.stack([centre for centre, _ in placed])[:, None, :]
+        scales = np.stack([scale for _, scale in placed])[:, None, :]
+        return crop_to_source(np.concatenate(points), centres, scales, size), np.concatenate(scores)
 
     def __call__(self, frames: Sequence[np.ndarray]) -> list[list[Person]]:
         """Per RGB frame (HxWx3 uint8), the persons found with their 133 keypoints, best detection first."""

@@ -82,20 +82,20 @@ class DWPoseFaceScorer(Scorer):
     num_gpus = 0.5  # read by the Ray runner when the device is a GPU: two workers share one
     fields = FACE_FIELDS
 
-    def setup(self) -> None:
+    def weight_sources(self) -> dict[str, Any]:
         cfg = self.config.dwpose
-        detector = weights.resolve_or_local("yolox_l", cfg.detector_weights)
-        pose = weights.resolve_or_local("dw-ll_ucoco_384", cfg.pose_weights)
-        self._model = DWPose.from_config(detector, pose, devices.onnx_providers(self.device), cfg)
+        return {"yolox_l": cfg.detector_weights, "dw-ll_ucoco_384": cfg.pose_weights}
+
+    def setup(self) -> None:
+        detector, pose = (weights.resolve_or_local(name, local) for name, local in self.weight_sources().items())
+        self._model = DWPose.from_config(detector, pose, devices.onnx_providers(self.device), self.config.dwpose)
 
     def close(self) -> None:
         self._model = None
         self._ready = False
 
-    def models(self) -> dict[str, str]:
-        cfg = self.config.dwpose
-        return {"yolox_l": weights.model_sha256("yolox_l", cfg.detector_weights),
-                "dw-ll_ucoco_384": weights.model_sha256("dw-ll_ucoco_384", cfg.pose_weights)}
+    def models(self) -> dict[str, str]:  # what Scorer.models() does once it derives from weight_sources()
+        return {name: weights.model_sha256(name, local) for name, local in self.weight_sources().items()}
 
     def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
         cfg = self.config.dwpose
