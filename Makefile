@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 SHARED ?= $(abspath ../shared)
 OUT ?= demo-out
 INPUT ?=
+# pip's configured find-links (e.g. a local CPU torch wheel) for uv, which does not read pip's configuration
+PIP_FIND_LINKS := $(shell python3 -m pip config get global.find-links 2>/dev/null)
+FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 
 # Tests and the demo read the shared clips and small weights through these two settings.
 ifneq ($(wildcard $(SHARED)/videos),)
@@ -24,7 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	  echo "ffmpeg and ffprobe are required: apt-get install ffmpeg (Debian/Ubuntu) or brew install ffmpeg"; exit 1; }
 	@command -v uv >/dev/null || python3 -m pip install -q uv
 	uv venv -q --allow-existing $(VENV) --python python3
-	uv pip install -q --python $(PY) -e '.[dev]'
+	uv pip install -q --python $(PY) $(FIND_LINKS) -e '.[dev,paper]'
+	uv pip install -q --python $(PY) --no-deps syncnet-python==0.2.3
 	@touch $@
 
 demo: install

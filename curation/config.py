@@ -36,6 +36,7 @@ class ClipConfig(_Strict):
 
 
 class DWPoseConfig(_Strict):
+    max_side: int = Field(1280, ge=64)  # frames are decoded no larger (the pose crop is 288x384 anyway)
     batch_size: int = Field(16, ge=1, le=256)  # frames (detector) and person crops (pose) per ONNX call
     det_score_min: float = Field(0.3, ge=0, le=1)  # person boxes kept above this score (DWPose's value)
     nms_iou: float = Field(0.45, gt=0, le=1)

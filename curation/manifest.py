@@ -21,8 +21,9 @@ from curation.filters import decide
 from curation.io import part_files, write_parquet_atomic
 from curation.scorers.audio_activity import AudioActivityScorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
+from curation.scorers.sync_syncnet import SyncNetScorer
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: sync_windows, sync_frame_conf, cascade_stop
 # Fixed namespace so clip ids are reproducible across machines and runs.
 CLIP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "megactor-pipeline:clip")
 
@@ -55,11 +56,6 @@ SOURCE = (
     pa.field("source_duration_s", pa.float64()),
     pa.field("source_size_bytes", pa.int64()),
 )
-SYNC = (
-    pa.field("sync_offset", pa.int16()),
-    pa.field("sync_c", pa.float32()),
-    pa.field("sync_d", pa.float32()),
-)
 DECISION = (
     pa.field("keep", pa.bool_(), nullable=False),
     pa.field("status", pa.string(), nullable=False),  # kept | rejected | pending | error
@@ -67,6 +63,7 @@ DECISION = (
     pa.field("unscored_rules", pa.list_(pa.string()), nullable=False),
     pa.field("error", pa.string()),
     pa.field("error_reason", pa.string()),
+    pa.field("cascade_stop", pa.string()),
 )
 VERSIONS = (
     pa.field("gate_version", pa.string()),
@@ -108,16 +105,22 @@ COLUMN_DOCS = {
     "pose_pitch_mean_deg": "mean pitch (degrees)", "pose_roll_mean_deg": "mean roll (degrees)",
     "audio_speech_frac": "fraction of 30 ms audio frames WebRTC VAD marks as speech",
     "audio_rms_dbfs": "RMS level of the clip's audio (dBFS)",
-    "sync_offset": "SyncNet audio-video offset (frames)", "sync_c": "SyncNet confidence (Sync-C)",
-    "sync_d": "SyncNet minimum distance (Sync-D)",
+    "sync_offset": "SyncNet AV offset in 25 fps frames (15 - argmin of the offset-averaged distances)",
+    "sync_c": "SyncNet confidence, Sync-C: median minus minimum of the offset-averaged distances (reference)",
+    "sync_d": "SyncNet distance, Sync-D: minimum of the offset-averaged lip-audio distances (reference)",
+    "sync_windows": "number of 5-frame SyncNet windows the scores average over",
+    "sync_frame_conf": "per window: median distance minus the window's distance at the best offset, "
+                       "median-filtered over 9 windows (the reference's framewise confidence)",
     "keep": "true when every rule was scored and passed",
     "status": "kept | rejected | pending (nothing failed, some rule not scored) | error",
     "reject_reasons": "every rule the clip failed (snake_case), plus the error reason if any",
     "unscored_rules": "rules whose inputs were not computed for this clip",
     "error": "error message (null when none)", "error_reason": "snake_case code of the error",
+    "cascade_stop": "the stage after which scoring stopped because the clip was already rejected "
+                    "(metadata_gate or a scorer name); null when every stage ran",
     "gate_version": "metadata gate version", "scene_version": "shot detector version",
-    "face_version": "face scorer version", "audio_version": "audio scorer version",
-    "sync_version": "lip-sync scorer version",
+    "face_version": "face scorer and version (face_mediapipe: lite profile; face_dwpose: paper profile)",
+    "audio_version": "audio scorer version", "sync_version": "lip-sync scorer version",
 }
 
 
@@ -127,7 +130,8 @@ def _documented(fields) -> list[pa.Field]:
 
 SCHEMA = pa.schema(
     _documented(IDENTITY + SOURCE + (pa.field("scene_detector", pa.string()),)
-                + MediaPipeFaceScorer.fields + AudioActivityScorer.fields + SYNC + DECISION + VERSIONS),
+                + MediaPipeFaceScorer.fields + AudioActivityScorer.fields + SyncNetScorer.fields + DECISION
+                + VERSIONS),
     metadata={"megactor.schema_version": SCHEMA_VERSION},
 )
 REQUIRED_COLUMNS = (

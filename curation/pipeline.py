@@ -27,14 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation import clips, filters, manifest, weights
+from curation import clips, filters, manifest
 from curation.config import CurationConfig
+from curation.devices import cuda_available, resolve_device
 from curation.errors import ConfigError, MediaError
 from curation.io import write_json_atomic
 from curation.media import ProbeResult
 from curation.scorers.audio_activity import AudioActivityScorer
 from curation.scorers.base import ClipSpan, Scorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
+from curation.scorers.sync_syncnet import SyncNetScorer
 from curation.sources import make_source
 
 log = logging.getLogger(__name__)
@@ -91,17 +93,25 @@ def code_version() -> str:
         return base
 
 
-def build_scorers(config: CurationConfig) -> list[Scorer]:
-    if config.profile == "lite":
-        return [MediaPipeFaceScorer(config.face), AudioActivityScorer(config.audio)]
-    raise ConfigError(
-        f"profile {config.profile!r} needs the DWPose and SyncNet scorers, which are not part of this release; "
-        "use --profile lite"
-    )
+def build_scorers(config: CurationConfig, device: str | None = None) -> list[Scorer]:
+    """The profile's scorers in cascade order, cheapest decisive measure first: audio activity (about 90x real
+    time on one core), the face (resolution, presence, yaw; a few frames per second), then SyncNet (every frame
+    at 25 fps, only on clips still alive). ``device``: where models run (default: resolve
+    ``runtime.device`` in this process; the driver passes "cpu" because it only reads names and checksums)."""
+    from curation.scorers.face_dwpose import DWPoseFaceScorer
+
+    device = device or resolve_device(config.runtime.device)
+    face = (MediaPipeFaceScorer(config.face) if config.profile == "lite"  # MediaPipe runs on the CPU
+            else DWPoseFaceScorer(config.face, device=device))
+    scorers: list[Scorer] = [AudioActivityScorer(config.audio), face]
+    if config.sync.enabled:
+        scorers.append(SyncNetScorer(config.sync, device=device))
+    return scorers
 
 
-def provenance(config: CurationConfig) -> dict[str, Any]:
-    scorers = build_scorers(config)
+@functools.cache
+def _provenance(config: CurationConfig) -> dict[str, Any]:
+    scorers = build_scorers(config, device="cpu")
     models = {name: sha for scorer in scorers for name, sha in scorer.models().items()}
     return {
         "schema_version": manifest.SCHEMA_VERSION,
@@ -115,6 +125,10 @@ def provenance(config: CurationConfig) -> dict[str, Any]:
     }
 
 
+def provenance(config: CurationConfig) -> dict[str, Any]:
+    return dict(_provenance(config))
+
+
 def preflight(config: CurationConfig) -> None:
     """Fail before Ray and Prefect start: source roots exist, the profile's scorers are installed and their
     weights present (or fetchable)."""
@@ -122,10 +136,11 @@ def preflight(config: CurationConfig) -> None:
         raise ConfigError("nothing to curate: pass --input DIR or list sources in the config")
     for source_config in config.sources:
         make_source(source_config.kind, source_config.root, source_config.dataset)
-    for scorer in build_scorers(config):
+    for scorer in build_scorers(config, device="cpu"):
         scorer.check_requirements()
-        for name in scorer.models():
-            weights.resolve(name)
+        scorer.check_weights()
+    if config.runtime.device == "cuda" and not config.runtime.ray_address:
+        resolve_device("cuda")  # a local run: fail now if there is no GPU (a cluster's workers check their own)
 
 
 # -- planning ------------------------------------------------------------------------------------------------
@@ -271,7 +286,7 @@ class ShardProcessor:
         if rejected and not self.score_all:
             counters["sources_gate_rejected"] += 1
             counters["video_s_gate_rejected"] += duration
-            rows = [_span_row(base, 0.0, duration, 0, None)]
+            rows = [{**_span_row(base, 0.0, duration, 0, None), "cascade_stop": "metadata_gate"}]
         else:
             rows = self._split_and_score(source, base, scorers, counters)
         # measured, not assumed: what decoding each kind of source actually cost
@@ -303,12 +318,15 @@ class ShardProcessor:
             row = _span_row(base, span.start_s, span.end_s, clip_index, scene_index)
             if filters.gate_reasons(row, self.thresholds, clip_level=True) and not self.score_all:
                 counters["clips_gate_rejected"] += 1
+                row["cascade_stop"] = "metadata_gate"
             else:
                 self._score(row, ClipSpan(path, span.start_s, span.end_s, probe), scorers, counters)
             rows.append(row)
         return rows
 
     def _score(self, row: dict[str, Any], clip: ClipSpan, scorers: list[Scorer], counters: Counter) -> None:
+        """Run the scorers in cascade order; unless scoring everything, stop at the first stage after which the
+        clip is already rejected (or failed), so later, dearer stages only see clips still alive."""
         counters["clips_scored"] += 1
         counters["video_s_scored"] += clip.duration_s
         for scorer in scorers:
@@ -317,6 +335,13 @@ class ShardProcessor:
             row[scorer.version_column] = scorer.version_tag
             if message and not row.get("error"):
                 row["error"], row["error_reason"] = message, reason
+            if self.score_all or scorer is scorers[-1]:
+                continue
+            if row.get("error") or filters.decide(row, self.thresholds).reject_reasons:
+                row["cascade_stop"] = scorer.name
+                counters[f"clips_stopped_after_{scorer.name}"] += 1
+                counters[f"video_s_stopped_after_{scorer.name}"] += clip.duration_s
+                return
 
 
 def listing_digest(paths: Iterable[str]) -> str:
@@ -324,6 +349,12 @@ def listing_digest(paths: Iterable[str]) -> str:
 
 
 def ray_resources(config: CurationConfig) -> dict[str, float]:
-    """Per-shard resource request, from the scorer classes (the runner, not the scorers, talks to Ray)."""
-    scorers = build_scorers(config)
-    return {"num_cpus": max(s.num_cpus for s in scorers), "num_gpus": sum(s.num_gpus for s in scorers)}
+    """Per-shard resource request, from the scorer classes (the runner, not the scorers, talks to Ray). A shard
+    runs its scorers one after another, so it asks for the largest request, not the sum; a GPU fraction lets
+    that many shards share one GPU, which bounds the GPU's concurrent consumers while their CPU decoding
+    overlaps. GPUs are requested when ``runtime.device`` is "cuda", or "auto" and this machine has one (a
+    cluster whose head has no GPU needs ``device: cuda``)."""
+    scorers = build_scorers(config, device="cpu")
+    wants_gpu = config.runtime.device == "cuda" or (config.runtime.device == "auto" and cuda_available())
+    gpus = max(s.num_gpus for s in scorers) if wants_gpu else 0.0
+    return {"num_cpus": max(s.num_cpus for s in scorers), "num_gpus": gpus}

@@ -49,7 +49,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     flags = {
         "face_res_min": "thresholds.face_res_px_min", "yaw_max": "thresholds.yaw_abs_mean_deg_max",
         "sync_c_min": "thresholds.sync_c_min", "sync_d_max": "thresholds.sync_d_max",
-        "profile": "profile", "ray_address": "runtime.ray_address",
+        "profile": "profile", "ray_address": "runtime.ray_address", "device": "runtime.device",
     }
     for attr, key in flags.items():
         if getattr(args, attr, None) is not None:
@@ -58,6 +58,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["runtime.score_all"] = True
     if getattr(args, "no_require_lip_sync", False):
         overrides["thresholds.require_lip_sync"] = False
+    if getattr(args, "no_sync", False):
+        overrides["sync.enabled"] = False
     return overrides
 
 
@@ -180,15 +182,49 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_weights(args: argparse.Namespace) -> int:
     from curation import weights
 
+    names = list(args.names)
+    if args.profile:
+        from curation.config import load_config
+        from curation.pipeline import build_scorers
+
+        config = load_config(None, {"profile": args.profile})
+        names += [name for scorer in build_scorers(config, device="cpu") for name in scorer.weight_sources()]
+    names = list(dict.fromkeys(names)) or sorted(weights.REGISTRY)
+    for name in names:
+        weights.get_spec(name)  # an unknown name fails before anything is downloaded
     if args.action == "list":
-        print(f"cache: {weights.weights_dir()}")
-        for name, spec in sorted(weights.REGISTRY.items()):
+        print(f"cache: {weights.weights_dir()}" + (f"  (mirror: {os.environ['MEGACTOR_WEIGHTS_MIRROR']})"
+                                                    if os.environ.get("MEGACTOR_WEIGHTS_MIRROR") else ""))
+        for name in names:
+            spec = weights.REGISTRY[name]
             state, path = weights.status(name)
-            print(f"  {name:<18} {state:<8} {spec.size_bytes / 1e6:8.1f} MB  {spec.licence:<12} {path}")
+            print(f"  {name:<16} {state:<8} {spec.size_bytes / 1e6:7.1f} MB  {path}")
+            print(f"  {'':<16} {spec.description}; licence: {spec.licence}")
+        missing = [n for n in names if weights.status(n)[0] != "ok"]
+        if missing:
+            print(f"fetch with: megactor weights fetch {' '.join(missing)}")
         return 0
-    names = args.names or sorted(weights.REGISTRY)
     for name in names:
         print(f"{name}: {weights.fetch(name, progress=True)}")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from curation.config import load_config
+    from curation.devices import resolve_device
+    from curation.scorers.sync_syncnet import score_video
+
+    overrides = {"sync.weights": str(Path(args.weights).resolve())} if args.weights else {}
+    config = load_config(args.config, overrides).sync
+    if not Path(args.video).is_file():
+        raise MegactorError(f"video not found: {args.video}")
+    scores = score_video(args.video, config, resolve_device(args.device))
+    if args.json:
+        print(json.dumps({"offset": scores["sync_offset"], "sync_c": round(scores["sync_c"], 4),
+                          "sync_d": round(scores["sync_d"], 4)}))
+    else:
+        print(f"AV offset:  {scores['sync_offset']:d} frames\nSync-D:     {scores['sync_d']:.3f}\n"
+              f"Sync-C:     {scores['sync_c']:.3f}\nwindows:    {scores['sync_windows']:d}")
     return 0
 
 
@@ -206,7 +242,11 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--dataset", help="dataset name (default: the kind, or the folder's name)")
     curate.add_argument("--output", required=True, metavar="DIR", help="output directory (reruns resume it)")
     curate.add_argument("--config", metavar="FILE", help="YAML config overriding the defaults")
-    curate.add_argument("--profile", choices=["lite", "paper"], help="scorer set (lite: MediaPipe on CPU)")
+    curate.add_argument("--profile", choices=["lite", "paper"],
+                        help="scorer set: lite (MediaPipe face, SyncNet) or paper (DWPose face, SyncNet)")
+    curate.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where DWPose and SyncNet run (auto)")
+    curate.add_argument("--no-sync", action="store_true",
+                        help="skip SyncNet (clips that pass everything else stay 'pending')")
     curate.add_argument("--score-all", action="store_true",
                         help="score every clip with every measure, gate-rejected ones too (analysis)")
     curate.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
@@ -236,10 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--json", action="store_true")
     summ.set_defaults(func=cmd_summary)
 
-    wts = commands.add_parser("weights", help="list or fetch model weights")
+    wts = commands.add_parser("weights", help="list or fetch model weights",
+                              description="Model files: where they come from, their licence, whether they are here. "
+                                          "Cache: MEGACTOR_WEIGHTS_DIR (default ~/.cache/megactor/weights); "
+                                          "read-only mirror: MEGACTOR_WEIGHTS_MIRROR.")
     wts.add_argument("action", choices=["list", "fetch"])
-    wts.add_argument("names", nargs="*")
+    wts.add_argument("names", nargs="*", metavar="NAME", help="registry names (default: all)")
+    wts.add_argument("--profile", choices=["lite", "paper"], help="the models a curation profile needs")
     wts.set_defaults(func=cmd_weights)
+
+    sync = commands.add_parser("sync", help="SyncNet scores of a cropped face video (AV offset, Sync-D, Sync-C)",
+                               description="Score an already-cropped talking-face video the way the SyncNet "
+                                           "reference demo does: 25 fps, 224x224 crops, 16 kHz audio.")
+    sync.add_argument("video", metavar="VIDEO")
+    sync.add_argument("--weights", metavar="FILE", help="a syncnet_v2.model-format file (default: the registry's)")
+    sync.add_argument("--config", metavar="FILE", help="YAML config (its sync section is used)")
+    sync.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sync.add_argument("--json", action="store_true", help='one line: {"offset": ..., "sync_c": ..., "sync_d": ...}')
+    sync.set_defaults(func=cmd_sync)
     return parser
 
 

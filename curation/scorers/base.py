@@ -64,9 +64,23 @@ class Scorer(ABC):
         """Columns for one clip (a subset of ``fields``); raise a MediaError for bad input. ``upstream`` holds
         the (non-null) ``inputs`` columns that earlier scorers produced for this clip."""
 
-    def models(self) -> dict[str, str]:
-        """Model name -> sha256 of every weight file this scorer loaded (for provenance)."""
+    def weight_sources(self) -> dict[str, Any]:
+        """Registry name -> the local file configured in its place (None: the registry's file) for every model
+        this scorer loads."""
         return {}
+
+    def models(self) -> dict[str, str]:
+        """Model name -> sha256 of every weight file this scorer loads (for provenance)."""
+        from curation import weights
+
+        return {name: weights.model_sha256(name, local) for name, local in self.weight_sources().items()}
+
+    def check_weights(self) -> None:
+        """Fail early, naming the fetch command, when a weight file is missing or corrupt."""
+        from curation import weights
+
+        for name, local in self.weight_sources().items():
+            weights.resolve_or_local(name, local)
 
     @property
     def version_tag(self) -> str:

@@ -28,7 +28,6 @@ from curation.headpose import head_pose
 from curation.scorers.base import ClipSpan, Scorer
 from curation.scorers.face_track import FACE_FIELDS, empty_point, summarise_track, tight_box
 
-DEFAULT_MAX_SIDE = 1280  # frames are decoded no larger: the pose crop is 288x384 whatever the source size
 EYES = np.r_[17:27, 36:48]  # iBUG-68 brows and eyes
 MOUTH = np.r_[48:68]
 T = TypeVar("T")
@@ -94,15 +93,12 @@ class DWPoseFaceScorer(Scorer):
         self._model = None
         self._ready = False
 
-    def models(self) -> dict[str, str]:  # what Scorer.models() does once it derives from weight_sources()
-        return {name: weights.model_sha256(name, local) for name, local in self.weight_sources().items()}
-
     def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
         cfg = self.config.dwpose
         width, height = clip.probe.width, clip.probe.height
         frames = media.iter_frames(clip.path, clip.probe, start_s=clip.start_s, duration_s=clip.duration_s,
                                    fps=self.config.sample_fps,
-                                   max_side=getattr(cfg, "max_side", None) or DEFAULT_MAX_SIDE)
+                                   max_side=cfg.max_side)
         track = []
         for batch in _batches(media.prefetch(frames, depth=cfg.batch_size), cfg.batch_size):
             self.counters["frames_decoded"] += len(batch)

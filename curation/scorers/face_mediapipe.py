@@ -65,8 +65,8 @@ class MediaPipeFaceScorer(Scorer):
             self._landmarker = None
             self._ready = False
 
-    def models(self) -> dict[str, str]:
-        return {"face_landmarker": weights.get_spec("face_landmarker").sha256}
+    def weight_sources(self) -> dict[str, Any]:
+        return {"face_landmarker": None}
 
     def _frame(self, t: float, rgb: np.ndarray, width: int, height: int) -> dict[str, Any]:
         result = self._landmarker.detect(self._image(image_format=self._srgb, data=rgb))

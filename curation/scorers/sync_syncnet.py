@@ -88,8 +88,8 @@ class SyncNetScorer(Scorer):
         self._net = None
         self._ready = False
 
-    def models(self) -> dict[str, str]:
-        return {"syncnet_v2": weights.model_sha256("syncnet_v2", self.config.weights)}
+    def weight_sources(self) -> dict[str, Any]:
+        return {"syncnet_v2": self.config.weights}
 
     def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
         from metrics import syncnet

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import types
+from collections import Counter
 
 import pytest
 
-from curation import pipeline
+from curation import filters, pipeline
 from curation.config import load_config
 from curation.inventory import inventory_rows
 from curation.manifest import read_manifest
+from curation.scorers.base import ClipSpan, Scorer
+from curation.scorers.face_dwpose import DWPoseFaceScorer
+from curation.scorers.sync_syncnet import SyncNetScorer
 from curation.sources import make_source
 
 
@@ -63,6 +68,63 @@ def test_shard_accounts_for_every_source_and_the_gate_decodes_nothing(tmp_path, 
     assert done["rows"] == 3
 
 
-def test_unknown_profile_is_a_clear_error():
-    with pytest.raises(Exception, match="use --profile lite"):
-        pipeline.build_scorers(load_config(None, {"profile": "paper"}))
+def test_profiles_choose_their_scorers_in_cascade_order():
+    names = lambda config: [s.name for s in pipeline.build_scorers(config, device="cpu")]  # noqa: E731
+    assert names(load_config()) == ["audio_activity", "face_mediapipe", "sync_syncnet"]
+    assert names(load_config(None, {"profile": "paper"})) == ["audio_activity", "face_dwpose", "sync_syncnet"]
+    assert names(load_config(None, {"sync.enabled": False})) == ["audio_activity", "face_mediapipe"]
+
+
+def test_ray_requests_gpus_only_for_a_gpu_device_and_no_more_than_one_scorer_needs():
+    cpu = pipeline.ray_resources(load_config(None, {"runtime.device": "cpu", "profile": "paper"}))
+    assert cpu["num_gpus"] == 0
+    paper = pipeline.ray_resources(load_config(None, {"runtime.device": "cuda", "profile": "paper"}))
+    lite = pipeline.ray_resources(load_config(None, {"runtime.device": "cuda"}))
+    assert paper["num_gpus"] == DWPoseFaceScorer.num_gpus  # scorers run one after another: the max, not the sum
+    assert lite["num_gpus"] == SyncNetScorer.num_gpus
+    assert 0 < lite["num_gpus"] < 1  # several shards share a GPU, a bounded number of them
+
+
+class _Fixed(Scorer):
+    """A scorer double that returns fixed columns and counts its calls."""
+
+    version = "test"
+    fields = ()
+
+    def __init__(self, name: str, column: str, columns: dict):
+        super().__init__(None)
+        self.name, self.version_column, self.columns, self.calls = name, column, columns, 0
+
+    def score(self, clip, upstream):
+        self.calls += 1
+        return self.columns
+
+
+def _cascade(score_all: bool, face_res: float):
+    config = load_config(None, {"runtime.score_all": score_all})
+    scorers = [_Fixed("audio", "audio_version", {"audio_speech_frac": 0.8}),
+               _Fixed("face", "face_version", {"face_present_frac": 1.0, "multi_face_frac": 0.0,
+                                               "face_res_px": face_res, "yaw_abs_mean_deg": 5.0}),
+               _Fixed("sync", "sync_version", {"sync_c": 8.0, "sync_d": 6.0, "sync_offset": 0})]
+    probe = types.SimpleNamespace(has_audio=True)
+    row = {"has_video": True, "has_audio": True, "width": 1280, "height": 1280, "duration_s": 5.0}
+    counters = Counter()
+    pipeline.ShardProcessor(config, "/unused")._score(row, ClipSpan("x.mp4", 0, 5, probe), scorers, counters)
+    return row, [s.calls for s in scorers], counters
+
+
+def test_cascade_stops_at_the_first_stage_that_rejects():
+    row, calls, counters = _cascade(score_all=False, face_res=300)
+    assert calls == [1, 1, 0]  # SyncNet never sees a clip whose face is too small
+    assert row["cascade_stop"] == "face" and counters["clips_stopped_after_face"] == 1
+    assert "sync_version" not in row  # the version column names only the scorers that ran
+    assert "face_too_small" in filters.decide(row, load_config().thresholds).reject_reasons
+
+    row, calls, _ = _cascade(score_all=False, face_res=700)
+    assert calls == [1, 1, 1] and "cascade_stop" not in row
+    assert filters.decide(row, load_config().thresholds).status == "kept"
+
+
+def test_score_all_runs_every_stage_on_rejected_clips():
+    row, calls, _ = _cascade(score_all=True, face_res=300)
+    assert calls == [1, 1, 1] and "cascade_stop" not in row and row["sync_c"] == 8.0

@@ -33,10 +33,14 @@ def prefect_api(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def megactor(prefect_api, weights_root):
-    """Run ``megactor ARGS`` in a subprocess; returns the CompletedProcess (never raises on exit status)."""
+def megactor(prefect_api, weights_root, random_syncnet_weights):
+    """Run ``megactor ARGS`` in a subprocess; returns the CompletedProcess (never raises on exit status).
+    ``curate`` runs use SyncNet with fixed random weights (the real ones cannot be downloaded here): the scores
+    are meaningless, the computation and the plumbing are real."""
 
     def run(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+        if args and args[0] == "curate":
+            args = (*args, "--set", f"sync.weights={random_syncnet_weights}")
         env = {**os.environ, "PREFECT_API_URL": prefect_api[0], "MEGACTOR_WEIGHTS_DIR": str(weights_root),
                "MEGACTOR_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         done = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, env=env, capture_output=True,

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def score_all_run(tmp_path_factory, megactor, videos_dir):
     output = tmp_path_factory.mktemp("score-all")
     done = megactor("curate", "--input", str(videos_dir), "--dataset", "shared", "--output", str(output),
-                    "--score-all")
+                    "--score-all", "--no-sync")  # SyncNet on every clip would take minutes on CPU
     return output, pd.read_parquet(output / "manifest"), done
 
 
@@ -134,13 +134,31 @@ def test_gate_rejected_sources_decode_no_frames(gated_run):
     assert rejected["scene_index"].isna().all()  # rejected before shot splitting
 
 
+def test_cascade_runs_syncnet_only_on_clips_still_alive(gated_run):
+    df = pd.read_parquet(gated_run / "manifest")
+    big = _clips(df, "derived_katiehill_upscaled_1280.mp4")  # passes every rule before lip sync
+    assert (big["sync_version"] == "sync_syncnet@1.0").all() and big["sync_c"].notna().all()
+    assert big["cascade_stop"].isna().all()
+    for windows, conf, duration in zip(big["sync_windows"], big["sync_frame_conf"], big["duration_s"], strict=True):
+        assert windows == round(duration * 25) - 5 and len(conf) == windows
+    presenter = _clips(df, "w2lgfpgan_kim_7s_raw.mp4")  # face ~311 px: rejected by the face stage
+    assert (presenter["cascade_stop"] == "face_mediapipe").all()
+    assert presenter["sync_c"].isna().all() and presenter["sync_version"].isna().all()
+    assert all("face_too_small" in r for r in presenter["reject_reasons"])
+    gated = df[df["reject_reasons"].map(lambda r: bool({"frame_too_small", "no_audio_stream"} & set(r)))]
+    assert (gated["cascade_stop"] == "metadata_gate").all()
+    counters = json.loads((gated_run / "summary.json").read_text())["counters"]
+    assert counters["clips_stopped_after_face_mediapipe"] == len(presenter)
+
+
 def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, gated_run, gated_input, prefect_api,
-                                                                  weights_root, megactor):
+                                                                  weights_root, megactor, random_syncnet_weights):
     output = tmp_path / "resumed"
     env = {**os.environ, "PREFECT_API_URL": prefect_api[0], "MEGACTOR_WEIGHTS_DIR": str(weights_root),
            "MEGACTOR_OFFLINE": "1"}
     process = subprocess.Popen([sys.executable, "-m", "flows.cli", "curate", "--input", str(gated_input),
-                                "--output", str(output), "--executor", "local", *GATED], cwd=REPO, env=env,
+                                "--output", str(output), "--executor", "local", *GATED,
+                                "--set", f"sync.weights={random_syncnet_weights}"], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first = output / "_state" / "shards" / "shard-00000.json"
     deadline = time.monotonic() + 300
@@ -196,5 +214,29 @@ def test_cli_errors_are_one_line_not_tracebacks(megactor, tmp_path):
 def test_manifest_is_readable_without_our_code(score_all_run):
     output, _, _ = score_all_run
     table = pq.read_table(output / "manifest")
-    assert table.schema.metadata[b"megactor.schema_version"] == b"1.0"
+    assert table.schema.metadata[b"megactor.schema_version"] == b"1.1"
     assert table.schema.field("face_res_px").metadata[b"description"].startswith(b"effective face resolution")
+
+
+def test_paper_profile_runs_end_to_end_on_tiny_dwpose_models(tmp_path, megactor, videos_dir):
+    from curation.weights import sha256_file
+    from tests.tiny_dwpose import make_detector, make_pose
+
+    detector = make_detector(tmp_path / "yolox_tiny.onnx", "N")
+    pose = make_pose(tmp_path / "dwpose_tiny.onnx", "N")
+    source = subset(tmp_path / "input", videos_dir, ["derived_katiehill_upscaled_1280.mp4", "musetalk_sun_noaudio.mp4"])
+    output = tmp_path / "out"
+    megactor("curate", "--input", str(source), "--output", str(output), "--profile", "paper", "--score-all",
+             "--executor", "local",
+             "--set", f"face.dwpose.detector_weights={detector}", "--set", f"face.dwpose.pose_weights={pose}")
+    df = pd.read_parquet(output / "manifest")
+    assert len(df) >= 2 and (df["face_version"] == "face_dwpose@1.0").all()
+    assert df["face_res_px"].notna().all() and df["face_track"].map(len).gt(0).all()
+    with_audio = df[df["has_audio"]]
+    assert with_audio["sync_c"].notna().all() and (with_audio["sync_version"] == "sync_syncnet@1.0").all()
+    assert df.loc[~df["has_audio"], "sync_c"].isna().all()
+    provenance = read_provenance(next((output / "manifest").glob("*.parquet")))
+    assert provenance["profile"] == "paper"
+    assert provenance["models"]["yolox_l"] == sha256_file(detector)
+    assert provenance["models"]["dw-ll_ucoco_384"] == sha256_file(pose)
+    assert {"syncnet_v2", "yolox_l", "dw-ll_ucoco_384"} <= set(provenance["models"])
