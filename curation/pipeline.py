@@ -357,4 +357,9 @@ def ray_resources(config: CurationConfig) -> dict[str, float]:
     scorers = build_scorers(config, device="cpu")
     wants_gpu = config.runtime.device == "cuda" or (config.runtime.device == "auto" and cuda_available())
     gpus = max(s.num_gpus for s in scorers) if wants_gpu else 0.0
-    return {"num_cpus": max(s.num_cpus for s in scorers), "num_gpus": gpus}
+    request: dict[str, float] = {"num_cpus": max(s.num_cpus for s in scorers), "num_gpus": gpus}
+    if gpus:
+        # Ray ends a GPU task's worker after one call by default (to free the GPU); ours keep their models
+        # loaded across shards instead: 0 = no limit.
+        request["max_calls"] = 0
+    return request

@@ -83,6 +83,7 @@ def test_ray_requests_gpus_only_for_a_gpu_device_and_no_more_than_one_scorer_nee
     assert paper["num_gpus"] == DWPoseFaceScorer.num_gpus  # scorers run one after another: the max, not the sum
     assert lite["num_gpus"] == SyncNetScorer.num_gpus
     assert 0 < lite["num_gpus"] < 1  # several shards share a GPU, a bounded number of them
+    assert paper["max_calls"] == 0 and "max_calls" not in cpu  # GPU workers live on with their models loaded
 
 
 class _Fixed(Scorer):

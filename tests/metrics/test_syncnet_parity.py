@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from curation.config import SyncConfig
 from curation.scorers.sync_syncnet import score_video
 from metrics import syncnet
+from tests.conftest import REPO
 from tests.metrics import reference_syncnet
 
 
@@ -30,8 +33,14 @@ def reference_frames(tmp_path_factory, example_clip):
     return folder
 
 
-def test_scores_match_the_reference_evaluation_on_random_weights(random_syncnet_weights, example_clip, reference_frames):
-    ref_offset, ref_c, ref_d = reference_syncnet.evaluate(random_syncnet_weights, reference_frames)
+@pytest.fixture(scope="module")
+def reference_scores(random_syncnet_weights, reference_frames):
+    return reference_syncnet.evaluate(random_syncnet_weights, reference_frames)
+
+
+def test_scores_match_the_reference_evaluation_on_random_weights(random_syncnet_weights, example_clip, reference_frames,
+                                                                 reference_scores):
+    ref_offset, ref_c, ref_d = reference_scores
     ours = score_video(str(example_clip), SyncConfig(weights=random_syncnet_weights, batch_size=48))
 
     assert ours["sync_offset"] == ref_offset
@@ -66,3 +75,49 @@ def test_streamed_lip_batches_equal_one_pass(random_syncnet_weights):
 def test_audio_must_be_16_bit_pcm():
     with pytest.raises(TypeError, match="int16"):
         syncnet.mfcc_features(np.zeros(16000, dtype=np.float32))
+
+
+def test_sync_command_prints_the_reference_numbers(random_syncnet_weights, example_clip, reference_scores):
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "sync", str(example_clip), "--weights",
+                           str(random_syncnet_weights), "--json", "--device", "cpu"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(printed) == {"offset", "sync_c", "sync_d"}
+    ref_offset, ref_c, ref_d = reference_scores
+    assert printed["offset"] == ref_offset
+    assert printed["sync_c"] == pytest.approx(ref_c, abs=1e-3)
+    assert printed["sync_d"] == pytest.approx(ref_d, abs=1e-3)
+
+
+def test_sync_command_errors_are_one_line(tmp_path):
+    silent = tmp_path / "video_only.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=224x224:rate=25:duration=1",
+                    str(silent)], check=True)
+    for args, expected in (([str(tmp_path / "missing.mp4")], "video not found"),
+                           ([str(silent), "--weights", str(silent)], "no audio stream")):
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "sync", *args], capture_output=True, text=True,
+                              cwd=REPO, timeout=120)
+        assert done.returncode == 2 and expected in done.stderr and "Traceback" not in done.stderr
+
+
+def _real_weights_or_skip():
+    from curation import weights
+
+    state, path = weights.status("syncnet_v2")
+    if state != "ok":
+        pytest.skip(f"the real SyncNet weights are not here ({path} is {state}); `megactor weights fetch syncnet_v2`")
+    return path
+
+
+def test_real_weights_give_the_reference_published_numbers(videos_dir):
+    path = _real_weights_or_skip()
+    config = SyncConfig(weights=path)
+    example = score_video(str(videos_dir / "syncnet_example.avi"), config)
+    # the reference's published output on its example: offset 3, Sync-D 5.353, Sync-C 10.021 (its frames went
+    # through JPEG, ours are decoded directly, hence a tolerance beyond rounding)
+    assert example["sync_offset"] == 3
+    assert example["sync_d"] == pytest.approx(5.353, abs=0.05)
+    assert example["sync_c"] == pytest.approx(10.021, abs=0.05)
+    delayed = score_video(str(videos_dir / "syncnet_example_audio_delayed_400ms.avi"), config)
+    assert abs(delayed["sync_offset"] - example["sync_offset"]) == 10  # 400 ms = 10 frames at 25 fps
