@@ -2,8 +2,9 @@
 
 Input, in order: ``--input DIR``; the shared talking-head clips (``$MEGACTOR_ASSETS/videos``) when present;
 otherwise a small set built here from the public-domain astronaut photo bundled with scikit-image, animated
-with a slow zoom and given a generated speech-like track. The face model comes from ``MEGACTOR_WEIGHTS_DIR``
-or is fetched on first use."""
+with a slow zoom and given a generated speech-like track. The face model and SyncNet come from
+``MEGACTOR_WEIGHTS_DIR`` or are fetched on first use; where SyncNet's weights cannot be had (offline), the demo
+says so and runs without lip sync, leaving clips that pass everything else "pending"."""
 
 from __future__ import annotations
 
@@ -84,7 +85,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"curating {source} -> {output}")
     from flows.cli import main as cli
 
-    return cli(["curate", "--input", str(source), "--dataset", "demo", "--output", str(output), "--keep-server"])
+    extra = [] if _syncnet_available() else ["--no-sync"]
+    return cli(["curate", "--input", str(source), "--dataset", "demo", "--output", str(output), "--keep-server",
+                *extra])
+
+
+def _syncnet_available() -> bool:
+    from curation import weights
+    from curation.errors import WeightsMissingError
+
+    try:
+        weights.resolve("syncnet_v2")
+        return True
+    except WeightsMissingError as error:
+        print(f"note: running without SyncNet ({error})")
+        return False
 
 
 if __name__ == "__main__":
