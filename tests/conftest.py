@@ -43,30 +43,8 @@ def face_landmarker_path(weights_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def random_syncnet_weights(tmp_path_factory, videos_dir) -> Path:
-    """SyncNet in the real architecture with fixed random weights, saved in the original ``syncnet_v2.model``
-    format (a state dict). The BatchNorm statistics are measured on the reference example clip (as a trained
-    network's would be), so features depend on the input and the best AV offset stands clear of the rest."""
-    import numpy as np
-    import torch
+    """SyncNet in the real architecture with fixed random weights, in the original file format (see
+    tests.metrics.reference_syncnet.random_weights)."""
+    from tests.metrics.reference_syncnet import random_weights
 
-    from curation import media
-    from curation.scorers.sync_syncnet import to_int16
-    from metrics.syncnet import SyncNet, mfcc_features
-
-    clip = videos_dir / "syncnet_example.avi"
-    frames = [f[:, :, ::-1] for _, f in media.iter_frames(clip, media.probe(clip), duration_s=2.0, fps=25)]
-    audio = to_int16(media.decode_audio(clip, duration_s=4.0))
-    torch.manual_seed(1234)
-    net = SyncNet()
-    for module in net.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.momentum = None  # a plain average over the calibration batches
-    net.train()
-    with torch.no_grad():
-        video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()
-        net.forward_lip(torch.stack([video[:, i: i + 5] for i in range(0, len(frames) - 5, 2)]))
-        mfcc = torch.from_numpy(mfcc_features(audio))
-        net.forward_aud(torch.stack([mfcc[:, 4 * v: 4 * v + 20] for v in range(0, 90, 3)])[:, None])
-    path = tmp_path_factory.mktemp("syncnet") / "syncnet_random.model"
-    torch.save(net.eval().state_dict(), path)
-    return path
+    return random_weights(videos_dir / "syncnet_example.avi", tmp_path_factory.mktemp("syncnet") / "random.model")

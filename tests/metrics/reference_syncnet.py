@@ -46,3 +46,32 @@ def evaluate(weights: Path, folder: Path, batch_size: int = 20, vshift: int = 15
     instance.loadParameters(str(weights))
     offset, conf, dist = instance.evaluate(SimpleNamespace(tmp_dir=str(folder), batch_size=batch_size, vshift=vshift))
     return int(offset), float(conf), float(dist)
+
+
+def random_weights(clip: Path, path: Path, seed: int = 1234) -> Path:
+    """SyncNet in the real architecture with fixed random weights, saved in the original ``syncnet_v2.model``
+    format (a state dict). The BatchNorm statistics are measured on ``clip`` (as a trained network's would be
+    on real data), so the features depend on the input and the best AV offset stands clear of the others;
+    with default statistics the offset-averaged distances are nearly flat and the argmin is a coin toss."""
+    import numpy as np
+    import torch
+
+    from curation import media
+    from curation.scorers.sync_syncnet import to_int16
+    from metrics.syncnet import SyncNet, mfcc_features
+
+    frames = [f[:, :, ::-1] for _, f in media.iter_frames(clip, media.probe(clip), duration_s=2.0, fps=25)]
+    audio = to_int16(media.decode_audio(clip, duration_s=4.0))
+    torch.manual_seed(seed)
+    net = SyncNet()
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.momentum = None  # a plain average over the calibration batches
+    net.train()
+    with torch.no_grad():
+        video = torch.from_numpy(np.stack(frames)).permute(3, 0, 1, 2).float()
+        net.forward_lip(torch.stack([video[:, i: i + 5] for i in range(0, len(frames) - 5, 2)]))
+        mfcc = torch.from_numpy(mfcc_features(audio))
+        net.forward_aud(torch.stack([mfcc[:, 4 * v: 4 * v + 20] for v in range(0, 90, 3)])[:, None])
+    torch.save(net.eval().state_dict(), path)
+    return path

@@ -1,0 +1,137 @@
+"""Estimate: GPU-hours (and CPU core-hours) to score the paper's 4,670 h of video with the paper profile, from
+per-frame costs measured here and stated GPU throughput assumptions. Compared with the public lip-sync curation
+recipe (LatentSync's, roughly 1-2 video-hours per GPU-hour).
+
+Measured here (this machine, CPU): ffmpeg decode rate at full resolution for 25 fps (SyncNet) and at 5 fps
+scaled to 1280 px (DWPose), on the shared 1080p / 1280 px / HEVC clips; the reference SyncNet crop; MFCC; the
+network's FLOPs per window (torch's FLOP counter). Assumed (stated, not measured: no GPU was available): the
+DWPose models' FLOPs (published) and the effective GPU throughput.
+
+    .venv/bin/python bench/gpu_hours_estimate.py [--gpu-tflops 40] [--reach-face 0.5] [--reach-sync 0.12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from curation import media  # noqa: E402
+from curation.scorers.sync_syncnet import crop_face, to_int16  # noqa: E402
+from metrics.syncnet import SyncNet, mfcc_features  # noqa: E402
+
+CORPUS_HOURS = 4670.0
+FACE_FPS = 5.0  # face.sample_fps
+SYNC_FPS = 25.0
+# Published model costs (assumptions): YOLOX-L at 640x640, 155.6 GFLOPs (YOLOX README, counted as MACs x 2);
+# DWPose-L at 384x288, ~10 GFLOPs (RTMPose-l at 384x288, the student architecture DWPose-L distils into).
+YOLOX_L_GFLOP = 155.6
+DWPOSE_L_GFLOP = 10.0
+LATENTSYNC_VIDEO_HOURS_PER_GPU_HOUR = (1.0, 2.0)
+
+
+def _decode_rate(path: Path, fps: float, max_side: int | None, seconds: float = 6.0) -> float:
+    """Output frames per second of wall time for one ffmpeg decode of ``seconds`` of the clip."""
+    probe = media.probe(path)
+    started = time.perf_counter()
+    count = sum(1 for _ in media.iter_frames(path, probe, duration_s=seconds, fps=fps, max_side=max_side))
+    return count / (time.perf_counter() - started)
+
+
+def _syncnet_gflop_per_window() -> float:
+    net = SyncNet().eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net.forward_lip(torch.zeros(1, 3, 5, 224, 224))
+        net.forward_aud(torch.zeros(1, 1, 13, 20))
+    return counter.get_total_flops() / 1e9
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    shared = Path(os.environ.get("MEGACTOR_ASSETS", Path(__file__).resolve().parents[2] / "shared"))
+    parser.add_argument("--videos", default=str(shared / "videos"))
+    parser.add_argument("--gpu-tflops", type=float, default=40.0,
+                        help="effective GPU throughput on these convnets, TFLOP/s (assumption; see the README)")
+    parser.add_argument("--reach-face", type=float, default=0.5,
+                        help="fraction of input hours that pass the metadata gate and audio stage (assumption)")
+    parser.add_argument("--reach-sync", type=float, default=0.12,
+                        help="fraction of input hours still alive after the face stage (assumption)")
+    parser.add_argument("--cores-per-gpu", type=int, default=8, help="CPU cores decoding for each GPU")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    videos = Path(args.videos)
+
+    # -- measured: decoding (per core: ffmpeg is given one process here) ---------------------------------------
+    clips = {"1080p_h264": videos / "w2lgfpgan_kim_7s_raw.mp4", "1280sq_mpeg4": videos / "derived_katiehill_upscaled_1280.mp4",
+             "1080x1920_hevc": videos / "latentsync_demo1_video.mp4"}
+    decode = {name: {"sync_25fps_full_fps": round(_decode_rate(path, SYNC_FPS, None), 1),
+                     "face_5fps_1280_fps": round(_decode_rate(path, FACE_FPS, 1280), 1)}
+              for name, path in clips.items()}
+    # -- measured: crop + resize per frame, MFCC per second of audio ----------------------------------------------
+    frame = np.random.default_rng(0).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
+    started = time.perf_counter()
+    for _ in range(200):
+        crop_face(frame, 960.0, 500.0, 200.0, 0.4)
+    crop_ms = (time.perf_counter() - started) / 200 * 1e3
+    audio = to_int16(np.random.default_rng(1).uniform(-0.3, 0.3, 16000 * 20).astype(np.float32))
+    started = time.perf_counter()
+    mfcc_features(audio)
+    mfcc_ms_per_s = (time.perf_counter() - started) / 20 * 1e3
+    sync_gflop = _syncnet_gflop_per_window()
+
+    # -- per hour of input video ----------------------------------------------------------------------------------
+    tflops = args.gpu_tflops * 1e12
+    dwpose_gflop_per_frame = YOLOX_L_GFLOP + DWPOSE_L_GFLOP  # one person per talking-head frame
+    gpu_s_face = 3600 * FACE_FPS * dwpose_gflop_per_frame * 1e9 / tflops
+    gpu_s_sync = 3600 * SYNC_FPS * sync_gflop * 1e9 / tflops  # one window per frame
+    worst = decode["1080p_h264"]
+    # CPU: shot detection decodes every frame (scaled to 192 px; decode cost ~ a full decode); the face stage
+    # decodes every frame and outputs 5 fps; SyncNet decodes every frame at full size and crops it.
+    cpu_s_split = 3600 * SYNC_FPS / worst["sync_25fps_full_fps"]  # about one full decode pass
+    cpu_s_face = 3600 * FACE_FPS / worst["face_5fps_1280_fps"]
+    cpu_s_sync = 3600 * SYNC_FPS / worst["sync_25fps_full_fps"] + 3600 * SYNC_FPS * crop_ms / 1e3 + 3.6 * mfcc_ms_per_s
+
+    def scenario(reach_face: float, reach_sync: float) -> dict:
+        gpu_s = reach_face * gpu_s_face + reach_sync * gpu_s_sync
+        cpu_s = reach_face * (cpu_s_split + cpu_s_face) + reach_sync * cpu_s_sync
+        # a GPU node is limited by its GPU or by its decoding cores, whichever is slower
+        node_s = max(gpu_s, cpu_s / args.cores_per_gpu)
+        return {
+            "gpu_s_per_video_hour": round(gpu_s, 1), "cpu_core_s_per_video_hour": round(cpu_s, 1),
+            "gpu_hours_for_corpus": round(CORPUS_HOURS * node_s / 3600, 1),
+            "cpu_core_hours_for_corpus": round(CORPUS_HOURS * cpu_s / 3600, 1),
+            "video_hours_per_gpu_hour": round(3600 / node_s, 1),
+            "bound_by": "gpu" if gpu_s >= cpu_s / args.cores_per_gpu else "cpu decoding",
+        }
+
+    figures = {
+        "measured": {"decode_output_fps_per_process": decode, "crop_ms_per_frame_1080p": round(crop_ms, 2),
+                     "mfcc_ms_per_audio_s": round(mfcc_ms_per_s, 2), "syncnet_gflop_per_window": round(sync_gflop, 2)},
+        "assumed": {"gpu_effective_tflops": args.gpu_tflops, "yolox_l_gflop": YOLOX_L_GFLOP,
+                    "dwpose_l_gflop": DWPOSE_L_GFLOP, "cores_per_gpu": args.cores_per_gpu,
+                    "reach_face": args.reach_face, "reach_sync": args.reach_sync},
+        "per_video_hour_if_reached": {"gpu_s_face": round(gpu_s_face, 1), "gpu_s_sync": round(gpu_s_sync, 1),
+                                      "cpu_s_split": round(cpu_s_split, 1), "cpu_s_face": round(cpu_s_face, 1),
+                                      "cpu_s_sync": round(cpu_s_sync, 1)},
+        "cascade": scenario(args.reach_face, args.reach_sync),
+        "score_everything": scenario(1.0, 1.0),
+        "latentsync_video_hours_per_gpu_hour": LATENTSYNC_VIDEO_HOURS_PER_GPU_HOUR,
+        "command": "python bench/gpu_hours_estimate.py " + " ".join(sys.argv[1:]),
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
