@@ -1,8 +1,8 @@
 """Lip sync: SyncNet's AV offset, Sync-D and Sync-C, computed as the reference does (``metrics.syncnet``).
 
 Face crops come from the face track the face scorer stored (no second face detector): the track's boxes, sampled
-at ``face.sample_fps``, are interpolated to every 25 fps frame, median-filtered over 13 frames in centre and
-size, and cut with the reference's geometry (``run_pipeline.py``): half-side ``bs = max(w, h) / 2``, the frame
+at ``face.sample_fps``, are median-filtered in centre and size over the reference's 0.52 s (13 frames at 25 fps,
+3 samples at 5 fps), interpolated to every 25 fps frame, and cut with the reference's geometry (``run_pipeline.py``): half-side ``bs = max(w, h) / 2``, the frame
 padded with grey 110, rows ``[y - bs, y + bs (1 + 2 c)]`` and columns ``[x - bs (1 + c), x + bs (1 + c)]`` around
 the box centre with c = 0.4, resized to 224x224. Deviations from the reference pipeline, all for speed or because
 there is no second detector: boxes come from the face landmarks (not S3FD) and are interpolated between sampled
@@ -24,8 +24,10 @@ PAD_VALUE = 110
 
 
 def crop_boxes(track: Sequence[Mapping[str, Any]], times: np.ndarray, smooth_frames: int) -> np.ndarray | None:
-    """Per frame time: (centre x, centre y, half side) from the track's face boxes, linearly interpolated
-    between sampled frames (held at the ends) and median-filtered like the reference. None without any box."""
+    """Per frame time: (centre x, centre y, half side) from the track's face boxes. Like the reference, centre and
+    size are median-filtered over ``smooth_frames`` frames at 25 fps (0.52 s for 13); a track sampled more
+    sparsely is filtered over the same span in samples (3 samples at 5 fps), then interpolated linearly to every
+    frame time (held at the ends). None without any box."""
     from scipy.signal import medfilt
 
     found = [(p["t"], p["box"]) for p in track if p.get("box") is not None]
@@ -33,24 +35,38 @@ def crop_boxes(track: Sequence[Mapping[str, Any]], times: np.ndarray, smooth_fra
         return None
     t = np.array([f[0] for f in found])
     boxes = np.array([f[1] for f in found], dtype=np.float64)
-    x = (boxes[:, 0] + boxes[:, 2]) / 2
-    y = (boxes[:, 1] + boxes[:, 3]) / 2
-    half = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
-    per_frame = np.stack([np.interp(times, t, v) for v in (x, y, half)], axis=1)
-    if smooth_frames > 1 and len(times) > 1:
-        per_frame = np.stack([medfilt(per_frame[:, k], kernel_size=smooth_frames) for k in range(3)], axis=1)
-    return per_frame
+    samples = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
+                        np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2], axis=1)
+    if len(t) > 1:
+        step = float(np.median(np.diff(t)))
+        kernel = int(round(smooth_frames / 25.0 / step)) if step > 0 else 1
+        kernel += 1 - kernel % 2  # odd
+        if kernel > 1:
+            samples = np.stack([medfilt(samples[:, k], kernel_size=kernel) for k in range(3)], axis=1)
+    return np.stack([np.interp(times, t, samples[:, k]) for k in range(3)], axis=1)
 
 
 def crop_face(frame: np.ndarray, x: float, y: float, half: float, crop_scale: float) -> np.ndarray:
-    """The reference crop of one frame around a face box centre, resized to 224x224 (same array layout)."""
+    """The reference crop of one frame around a face box centre, resized to 224x224 (same array layout).
+
+    The reference pads the whole frame by ``pad`` with grey 110 and slices it; this copies only the window
+    (the same pixels, without copying the frame)."""
     import cv2
 
     pad = int(half * (1 + 2 * crop_scale))
-    padded = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), mode="constant", constant_values=PAD_VALUE)
-    my, mx = y + pad, x + pad
-    face = padded[int(my - half): int(my + half * (1 + 2 * crop_scale)),
-                  int(mx - half * (1 + crop_scale)): int(mx + half * (1 + crop_scale))]
+    my, mx = y + pad, x + pad  # centre in the padded frame's coordinates, as the reference computes it
+    rows = (int(my - half), int(my + half * (1 + 2 * crop_scale)))
+    cols = (int(mx - half * (1 + crop_scale)), int(mx + half * (1 + crop_scale)))
+    height, width = frame.shape[:2]
+    # the slice bounds clipped to the padded frame, as numpy slicing would clip them
+    r0, r1 = (min(max(r, 0), height + 2 * pad) for r in rows)
+    c0, c1 = (min(max(c, 0), width + 2 * pad) for c in cols)
+    face = np.full((max(r1 - r0, 0), max(c1 - c0, 0), frame.shape[2]), PAD_VALUE, dtype=frame.dtype)
+    src_r0, src_r1 = max(r0 - pad, 0), min(r1 - pad, height)
+    src_c0, src_c1 = max(c0 - pad, 0), min(c1 - pad, width)
+    if src_r1 > src_r0 and src_c1 > src_c0:
+        face[src_r0 + pad - r0: src_r1 + pad - r0, src_c0 + pad - c0: src_c1 + pad - c0] = \
+            frame[src_r0:src_r1, src_c0:src_c1]
     return cv2.resize(face, (224, 224))
 
 
