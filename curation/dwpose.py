@@ -21,6 +21,7 @@ fixed batch of 1: then items are run one per call (a fixed batch b > 1 is filled
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +166,13 @@ class _Model:
     def __init__(self, path: Path | str, providers: Sequence[str]):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=list(providers))
+        options = ort.SessionOptions()
+        # ONNX Runtime ignores OMP_NUM_THREADS and would use every core; Ray sets it to the task's CPU share,
+        # so several shard workers on one machine do not oversubscribe it
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            options.intra_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
         spec = self.session.get_inputs()[0]
         self.input_name = spec.name
         self.output_names = [output.name for output in self.session.get_outputs()]

@@ -35,6 +35,7 @@ from curation.io import write_json_atomic
 from curation.media import ProbeResult
 from curation.scorers.audio_activity import AudioActivityScorer
 from curation.scorers.base import ClipSpan, Scorer
+from curation.scorers.face_dwpose import DWPoseFaceScorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
 from curation.scorers.sync_syncnet import SyncNetScorer
 from curation.sources import make_source
@@ -98,8 +99,6 @@ def build_scorers(config: CurationConfig, device: str | None = None) -> list[Sco
     time on one core), the face (resolution, presence, yaw; a few frames per second), then SyncNet (every frame
     at 25 fps, only on clips still alive). ``device``: where models run (default: resolve
     ``runtime.device`` in this process; the driver passes "cpu" because it only reads names and checksums)."""
-    from curation.scorers.face_dwpose import DWPoseFaceScorer
-
     device = device or resolve_device(config.runtime.device)
     face = (MediaPipeFaceScorer(config.face) if config.profile == "lite"  # MediaPipe runs on the CPU
             else DWPoseFaceScorer(config.face, device=device))

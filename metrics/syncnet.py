@@ -115,6 +115,10 @@ def embed_audio(net: SyncNet, mfcc: np.ndarray, n_windows: int, *, batch_size: i
         starts = range(first, min(n_windows, first + batch_size))
         batch = torch.stack([cc[:, MFCC_PER_FRAME * v: MFCC_PER_FRAME * v + MFCC_PER_FRAME * WINDOW] for v in starts])
         feats.append(net.forward_aud(batch[:, None]).float().cpu())  # (B, 1, 13, 20)
+    return _cat(feats)
+
+
+def _cat(feats: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(feats) if feats else torch.zeros(0, FEATURES)
 
 
@@ -148,8 +152,8 @@ def embed_lips(net: SyncNet, frames: Iterable[np.ndarray], max_windows: int, *, 
     else:
         while first < max_windows and len(buffer) >= WINDOW:
             run(min(batch_size, max_windows - first, len(buffer) - WINDOW + 1))
-        return (torch.cat(feats) if feats else torch.zeros(0, FEATURES)), seen
-    return torch.cat(feats), None
+        return _cat(feats), seen
+    return _cat(feats), None
 
 
 # -- scores ----------------------------------------------------------------------------------------------------
@@ -198,6 +202,8 @@ def evaluate(net: SyncNet, frames: Iterable[np.ndarray], audio: np.ndarray, *, v
     lazily), ``audio`` the matching 16 kHz int16 samples. As in the reference, the shorter of the two streams
     sets the number of windows."""
     max_windows = window_count(len(audio) // SAMPLES_PER_FRAME, len(audio))
+    if max_windows == 0:
+        raise ValueError(f"too short for SyncNet: {len(audio)} audio samples give no {WINDOW}-frame window")
     lip, n_frames = embed_lips(net, frames, max_windows, batch_size=batch_size, device=device)
     n_windows = max_windows if n_frames is None else window_count(n_frames, len(audio))
     if n_windows == 0:

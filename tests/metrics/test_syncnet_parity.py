@@ -72,6 +72,15 @@ def test_streamed_lip_batches_equal_one_pass(random_syncnet_weights):
     torch.testing.assert_close(one, small, rtol=1e-4, atol=1e-4)
 
 
+def test_too_short_spans_are_a_clear_error(random_syncnet_weights):
+    net = syncnet.load_syncnet(random_syncnet_weights)
+    frames = [np.zeros((224, 224, 3), np.uint8)] * 10
+    with pytest.raises(ValueError, match="too short"):
+        syncnet.evaluate(net, iter(frames), np.zeros(640 * 5, np.int16))  # 5 audio frames: no window
+    with pytest.raises(ValueError, match="too short"):
+        syncnet.evaluate(net, iter(frames[:5]), np.zeros(640 * 40, np.int16))  # 5 video frames: none either
+
+
 def test_audio_must_be_16_bit_pcm():
     with pytest.raises(TypeError, match="int16"):
         syncnet.mfcc_features(np.zeros(16000, dtype=np.float32))
