@@ -1,9 +1,13 @@
 import hashlib
+import os
+import subprocess
+import sys
 
 import pytest
 
 from curation import weights
 from curation.errors import WeightsMissingError
+from tests.conftest import REPO
 
 
 def test_registry_entry_has_official_url_checksum_and_licence():
@@ -53,3 +57,39 @@ def test_fetch_resumes_a_partial_download_and_verifies(tmp_path, monkeypatch):
     partial.write_bytes(payload[:1000])  # file:// ignores Range: the download must restart cleanly
     path = weights.fetch("toy", progress=False)
     assert path.read_bytes() == payload and not partial.exists()
+
+
+def test_every_model_of_both_profiles_is_registered_with_checksum_size_and_url():
+    from curation.config import load_config
+    from curation.pipeline import build_scorers
+
+    for profile in ("lite", "paper"):
+        for scorer in build_scorers(load_config(None, {"profile": profile}), device="cpu"):
+            for name in scorer.weight_sources():
+                spec = weights.get_spec(name)
+                assert len(spec.sha256) == 64 and spec.size_bytes > 0 and spec.urls and spec.licence
+                assert all(url.startswith("https://") for url in spec.urls)
+
+
+def test_a_configured_local_file_replaces_the_registry_and_its_checksum_is_recorded(tmp_path):
+    local = tmp_path / "my_syncnet.model"
+    local.write_bytes(b"fine-tuned weights")
+    assert weights.resolve_or_local("syncnet_v2", local) == local
+    assert weights.model_sha256("syncnet_v2", local) == weights.sha256_file(local)
+    assert weights.model_sha256("syncnet_v2", None) == weights.get_spec("syncnet_v2").sha256
+    with pytest.raises(WeightsMissingError, match="does not exist"):
+        weights.resolve_or_local("syncnet_v2", tmp_path / "missing.model")
+
+
+def test_weights_command_lists_a_profile_and_names_the_fetch_command(tmp_path):
+    env = {**os.environ, "MEGACTOR_WEIGHTS_DIR": str(tmp_path), "MEGACTOR_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "weights", "list", "--profile", "paper"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in ("yolox_l", "dw-ll_ucoco_384", "syncnet_v2"):
+        assert f"  {name} " in done.stdout
+    assert "face_landmarker" not in done.stdout  # the lite face model is not the paper profile's
+    assert "fetch with: megactor weights fetch yolox_l dw-ll_ucoco_384 syncnet_v2" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "weights", "fetch", "no_such_model"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and "unknown model" in done.stderr
