@@ -40,12 +40,7 @@ def _parse_value(text: str) -> Any:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = {}
-    for item in getattr(args, "set", None) or []:
-        if "=" not in item:
-            raise MegactorError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = _parse_value(value)
+    overrides = _set_overrides(getattr(args, "set", None))
     flags = {
         "face_res_min": "thresholds.face_res_px_min", "yaw_max": "thresholds.yaw_abs_mean_deg_max",
         "sync_c_min": "thresholds.sync_c_min", "sync_d_max": "thresholds.sync_d_max",
@@ -209,6 +204,53 @@ def cmd_weights(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from training.config import load_train_config
+
+    overrides = _set_overrides(args.set)
+    if args.manifest:
+        overrides["data.manifest"] = str(Path(args.manifest).resolve())
+    stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
+    configs = []
+    for stage in stages:
+        stage_overrides = dict(overrides)
+        if args.output:
+            stage_overrides["output"] = str(Path(args.output).resolve() / f"stage{stage}")
+        if args.stage == "all" and stage > 1:
+            stage_overrides["init_from"] = str(Path(configs[-1].output) / "final")  # replaced by the flow too
+        configs.append(load_train_config(args.config if len(stages) == 1 else None, stage=stage,
+                                         overrides=stage_overrides))
+    from flows.server import LocalPrefectServer
+
+    server = nullcontext() if os.environ.get("PREFECT_API_URL") else LocalPrefectServer(keep=args.keep_server)
+    with server as running:
+        if running is not None:
+            print(f"Prefect UI: {running.ui_url} (local server for this run)", flush=True)
+        from flows.train import train_all, train_stage  # after PREFECT_API_URL is set
+
+        if len(configs) == 1:
+            results = [train_stage(configs[0], ray_address=args.ray_address)]
+        else:
+            results = train_all(configs, ray_address=args.ray_address)
+    for config, result in zip(configs, results, strict=True):
+        loss = result["metrics"].get("loss")
+        print(f"stage {config.stage}: {result['steps']} steps, last loss {loss if loss is None else round(loss, 5)}, "
+              f"final checkpoint {result['final_checkpoint']}")
+    return 0
+
+
+def _set_overrides(items: list[str] | None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise MegactorError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value)
+    return overrides
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from curation.config import load_config
     from curation.devices import resolve_device
@@ -294,6 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     sync.add_argument("--json", action="store_true", help='one line: {"offset": ..., "sync_c": ..., "sync_d": ...}')
     sync.set_defaults(func=cmd_sync)
+
+    train = commands.add_parser("train", help="train a stage (1, 2, 3) or all three on the curated manifest",
+                                description="Modality Decoupling Control training on Ray Train. Each stage's "
+                                            "defaults are in training/configs/stageN.yaml; rerunning resumes "
+                                            "from the newest checkpoint in the output.")
+    train.add_argument("--stage", required=True, choices=["1", "2", "3", "all"])
+    train.add_argument("--config", metavar="FILE", help="a stage config (default: the embedded stageN.yaml)")
+    train.add_argument("--manifest", metavar="DIR", help="the curated manifest (a run's output or manifest dir)")
+    train.add_argument("--output", metavar="DIR", help="where checkpoints and logs go (per stage: DIR/stageN)")
+    train.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
+    train.add_argument("--keep-server", action="store_true", help="leave the local Prefect server running")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, dotted (repeatable)")
+    train.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,180 @@
+"""What the training loop is made of: the frozen VAE and Whisper encoder, the model (from PixArt-alpha or the
+previous stage), which parameters train, the dataset, the noise schedule and the loss. Loading reads local
+directories in their published formats; nothing is downloaded."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from curation.errors import ConfigError
+from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"  # a checkpoint directory's state dict
+VAE_SCALE = 0.18215  # Stable Diffusion's (and PixArt-alpha's) latent scaling factor
+TRAIN_TIMESTEPS = 1000
+
+
+def _require(path: Path | None, what: str, key: str, config: TrainConfig) -> None:
+    if path is None and config.model.preset == "full":
+        raise ConfigError(f"the full model needs {what}: set {key} to a local directory (see `megactor weights list`)")
+
+
+def build_vae(config: TrainConfig, device: torch.device):
+    """The frozen AutoencoderKL: sd-vae-ft-ema from ``model.vae_dir``, or (tiny preset, tests) a small random one
+    with the same 8x downsampling and 4 latent channels."""
+    from diffusers import AutoencoderKL
+
+    _require(config.model.vae_dir, "the SD VAE", "model.vae_dir", config)
+    if config.model.vae_dir is not None:
+        vae = AutoencoderKL.from_pretrained(str(config.model.vae_dir))
+    else:
+        torch.manual_seed(0)
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4,
+                            norm_num_groups=8)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def build_audio_encoder(config: TrainConfig, device: torch.device):
+    from training.model import AudioEncoder
+
+    _require(config.model.whisper_dir, "Whisper", "model.whisper_dir", config)
+    encoder = (AudioEncoder.from_pretrained(config.model.whisper_dir) if config.model.whisper_dir is not None
+               else AudioEncoder.tiny())
+    return encoder.to(device).eval().requires_grad_(False)
+
+
+def build_model(config: TrainConfig):
+    """The stage's model: from the previous stage's checkpoint (``init_from``; modules new in this stage keep
+    their initialisation), else from PixArt-alpha (``model.pixart_dir``), else randomly initialised."""
+    from training.model import MegActorConfig, MegActorModel
+
+    model_config = MegActorConfig.preset(config.model.preset, use_audio=config.model.use_audio,
+                                         use_temporal=config.model.use_temporal)
+    if config.init_from is not None:
+        model = MegActorModel(model_config)
+        state_file = Path(config.init_from) / STATE_FILE
+        if not state_file.is_file():
+            raise ConfigError(f"init_from: no checkpoint at {state_file} (run the previous stage first)")
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        missing, unexpected = model.load_state_dict(state["model"], strict=False)
+        new_here = [k for k in missing if not _is_new_module(k, config)]
+        if new_here or unexpected:
+            raise ConfigError(f"init_from {config.init_from}: the checkpoint does not fit this model "
+                              f"(missing {new_here[:5]}, unexpected {list(unexpected)[:5]})")
+        log.info("initialised from %s (step %s); new modules: %d tensors", config.init_from, state["step"], len(missing))
+        return model
+    if config.model.pixart_dir is not None:
+        return MegActorModel.from_pixart(config.model.pixart_dir, model_config)
+    if config.model.preset == "full":
+        log.warning("no model.pixart_dir: the full model starts from random weights, not from PixArt-alpha")
+    return MegActorModel(model_config)
+
+
+def _is_new_module(key: str, config: TrainConfig) -> bool:
+    return ("audio" in key and config.model.use_audio) or ("temporal" in key and config.model.use_temporal)
+
+
+def set_trainable(model: torch.nn.Module, groups: tuple[str, ...]) -> dict[str, torch.nn.Parameter]:
+    """Freeze everything, then unfreeze the named parameter groups; returns the trainable parameters by name."""
+    model.requires_grad_(False)
+    by_group = model.parameter_groups()
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable: dict[str, torch.nn.Parameter] = {}
+    for group in groups:
+        for parameter in by_group[group]:
+            parameter.requires_grad_(True)
+            trainable[names[id(parameter)]] = parameter
+    if not trainable:
+        raise ConfigError(f"the groups {groups} hold no parameters in this model")
+    return trainable
+
+
+def build_dataset(config: TrainConfig):
+    from training.data import DataConfig, ManifestClips
+
+    return ManifestClips(DataConfig(**config.data), stage=config.stage, seed=config.seed)
+
+
+def noise_schedule():
+    """PixArt-alpha's diffusion: 1,000 steps, linear betas (IDDPM's)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS, beta_schedule="linear")
+
+
+@torch.no_grad()
+def encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> scaled latents (N, 4, H/8, W/8), sampled from the posterior."""
+    posterior = vae.encode(pixels.to(vae.dtype)).latent_dist
+    noise = torch.randn(posterior.mean.shape, generator=generator, device=pixels.device, dtype=posterior.mean.dtype)
+    return (posterior.mean + posterior.std * noise) * VAE_SCALE
+
+
+def training_loss(model, vae, audio_encoder, schedule, batch: dict[str, Any], config: TrainConfig,
+                  device: torch.device, generator: torch.Generator) -> torch.Tensor:
+    """PixArt-alpha's noise-prediction MSE for one batch, masked to the region of interest in stage 1."""
+    frames = batch["frames"].to(device)  # (B, F, 3, H, W)
+    b, f = frames.shape[:2]
+    latents = encode(vae, frames.flatten(0, 1), generator).unflatten(0, (b, f))  # (B, F, 4, h, w)
+    reference = encode(vae, batch["reference"].to(device), generator)  # (B, 4, h, w)
+    audio = None
+    if audio_encoder is not None:
+        with torch.no_grad():
+            audio = audio_encoder(batch["audio"].to(device), num_frames=f)  # (B, F, T, D)
+        has_audio = (batch["modality"].to(device) != 0).to(audio.dtype)  # visual-only samples get no audio
+        audio = audio * has_audio[:, None, None, None]
+
+    noise = torch.randn(latents.shape, generator=generator, device=device)
+    timesteps = torch.randint(0, TRAIN_TIMESTEPS, (b,), generator=generator, device=device)
+    noisy = schedule.add_noise(latents.flatten(0, 1), noise.flatten(0, 1),
+                               timesteps.repeat_interleave(f)).unflatten(0, (b, f))
+
+    grid = (latents.shape[-2] // model_patch(model), latents.shape[-1] // model_patch(model))
+    eye, mouth = batch["eye_mask"].to(device), batch["mouth_mask"].to(device)
+    drive_eyes = batch["drive_eyes"].to(device).view(b, 1, 1, 1, 1).float()
+    drive_mouth = batch["drive_mouth"].to(device).view(b, 1, 1, 1, 1).float()
+    driven = torch.clamp(eye * drive_eyes + mouth * drive_mouth, 0, 1)
+    mouth_query = token_mask(mouth, grid) & (drive_mouth.view(b, 1, 1) == 0)  # only where the mouth is not driven
+    driving_key = token_mask(driven, grid)
+
+    prediction = model(noisy, timesteps, reference, batch["driving"].to(device), audio,
+                       mouth_query_mask=mouth_query, driving_key_mask=driving_key)  # (B, F, C, h, w)
+    eps = prediction[:, :, :4]
+    mask = latent_mask(batch["loss_mask"].to(device), latents.shape[-2:]) if config.stage == 1 else None
+    return masked_mse(eps, noise, mask)
+
+
+def model_patch(model) -> int:
+    inner = getattr(model, "module", model)  # DDP / FSDP wrappers
+    return inner.config.patch_size
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over the pixels where ``mask`` is 1 (broadcast over channels); pixels outside the
+    region of interest contribute nothing, whatever their values."""
+    error = (prediction.float() - target.float()) ** 2
+    if mask is None:
+        return error.mean()
+    mask = mask.to(error.dtype).expand_as(error)
+    return (error * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, F, 1, H, W) pixel mask -> (B, F, 1, h, w) at latent resolution (a latent pixel counts if any of its
+    pixels does)."""
+    b, f = mask.shape[:2]
+    pooled = F.adaptive_max_pool2d(mask.flatten(0, 1).float(), size)
+    return pooled.unflatten(0, (b, f))
+
+
+def token_mask(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, F, 1, H, W) pixel mask -> (B, F, N) bool over the denoiser's patch tokens."""
+    return latent_mask(mask, grid).flatten(2) > 0

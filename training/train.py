@@ -1,0 +1,322 @@
+"""One training loop for the three stages, distributed with Ray Train (DDP, or FSDP for the full model): the same
+code runs on one CPU, one GPU or a cluster by configuration.
+
+Phases of ``train_loop_per_worker``: (1) build the frozen parts (VAE, Whisper) and the model, initialised from
+PixArt-alpha or the previous stage; (2) freeze what the stage does not train; (3) the data, in a resumable order;
+(4) optimizer, schedule, EMA; (5) resume from the newest checkpoint in the output directory, if any; (6) the loop:
+encode, noise, predict, masked loss, step, EMA, log, checkpoint.
+
+A checkpoint is one dict (``state.pt``): model, EMA, optimizer, scheduler, step, data position (epoch, batch),
+the RNG states, and the config. Noise and timesteps are drawn from a generator derived from (seed, step, rank),
+so a resumed run draws exactly what an uninterrupted one would."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from training import components
+from training.components import STATE_FILE
+from training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+
+def resolve_device(config: TrainConfig) -> torch.device:
+    if config.use_gpu is False or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if config.precision == "fp32" or (config.precision == "auto" and device.type == "cpu"):
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "auto": torch.bfloat16}[config.precision]
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The RNG for one step's noise and timesteps: a function of (seed, step, rank) only."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+    return generator
+
+
+class ResumableOrder:
+    """A deterministic order over the dataset per epoch (a permutation from (seed, epoch)), sharded by rank, that
+    can start in the middle of an epoch: the data position of a checkpoint."""
+
+    def __init__(self, length: int, *, seed: int, rank: int, world: int, batch_size: int):
+        self.length, self.seed, self.rank, self.world, self.batch_size = length, seed, rank, world, batch_size
+
+    def batches_per_epoch(self) -> int:
+        return max(1, (self.length // self.world) // self.batch_size)
+
+    def batch_indices(self, epoch: int, start_batch: int) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        order = torch.randperm(self.length, generator=generator).tolist()
+        shard = order[self.rank:: self.world][: self.batches_per_epoch() * self.batch_size]
+        for start in range(start_batch * self.batch_size, len(shard), self.batch_size):
+            yield shard[start: start + self.batch_size]
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------
+
+def checkpoint_dir(config: TrainConfig) -> Path:
+    return Path(config.output).resolve() / "checkpoints"
+
+
+def latest_checkpoint(config: TrainConfig) -> Path | None:
+    """The newest complete checkpoint (its state file is written last, by rename) in the run's output."""
+    root = checkpoint_dir(config)
+    done = sorted(p for p in root.glob("step-*") if (p / STATE_FILE).is_file()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], config: TrainConfig) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    partial = path / (STATE_FILE + ".part")
+    torch.save(state, partial)
+    os.replace(partial, path / STATE_FILE)
+
+
+def prune_checkpoints(config: TrainConfig) -> None:
+    done = sorted(p for p in checkpoint_dir(config).glob("step-*") if (p / STATE_FILE).is_file())
+    for old in done[: -config.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- the EMA -----------------------------------------------------------------------------------------------------
+
+class EMA:
+    """Exponential moving average of the trainable parameters (fp32), the weights used for inference."""
+
+    def __init__(self, named: dict[str, torch.nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = {name: p.detach().float().clone() for name, p in named.items()}
+
+    @torch.no_grad()
+    def update(self, named: dict[str, torch.nn.Parameter]) -> None:
+        for name, p in named.items():
+            self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()}
+
+
+# -- the loop ----------------------------------------------------------------------------------------------------
+
+def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
+    """Ray Train's per-worker function (also callable directly, without Ray, as a single worker)."""
+    from training.config import validate
+    from training.data import collate_skip_failed
+
+    config = validate(config_dict, origin="trainer")
+    rank, world = _rank_and_world()
+    device = resolve_device(config)
+    random.seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    torch.manual_seed(config.seed + rank)
+
+    # 1. frozen parts and the model
+    vae = components.build_vae(config, device)
+    audio_encoder = components.build_audio_encoder(config, device) if config.model.use_audio else None
+    model = components.build_model(config).to(device)
+    scheduler_noise = components.noise_schedule()
+
+    # 2. what trains
+    trainable = components.set_trainable(model, config.trains)
+    if config.model.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    wrapped = _prepare(model, config)
+
+    # 3. data, in an order that a checkpoint can resume exactly
+    dataset = components.build_dataset(config)
+    order = ResumableOrder(len(dataset), seed=config.seed, rank=rank, world=world, batch_size=config.batch_size)
+
+    # 4. optimizer, schedule, EMA
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.optim.lr, betas=config.optim.betas,
+                                  weight_decay=config.optim.weight_decay)
+    warmup = config.optim.warmup_steps
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    ema = EMA(trainable, config.ema_decay)
+    scaler = torch.amp.GradScaler(enabled=config.precision == "fp16" and device.type == "cuda")
+
+    # 5. resume
+    step, epoch, batch_in_epoch = 0, 0, 0
+    resume = latest_checkpoint(config)
+    if resume is not None:
+        state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        scaler.load_state_dict(state["scaler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        log.info("resumed from %s at step %d", resume, step)
+
+    if rank == 0:
+        Path(config.output).resolve().mkdir(parents=True, exist_ok=True)
+    writer = _tensorboard(config) if rank == 0 else None
+    amp = autocast_dtype(config, device)
+    started, last = time.perf_counter(), None
+
+    # 6. the loop
+    while step < config.steps:
+        for indices in order.batch_indices(epoch, batch_in_epoch):
+            batch = collate_skip_failed([dataset[i] for i in indices])
+            batch_in_epoch += 1
+            if batch is None:
+                continue  # every clip of this batch failed to decode: counted by the dataset, skipped
+            generator = step_generator(config.seed, step, rank, device)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = components.training_loss(wrapped, vae, audio_encoder, scheduler_noise, batch, config,
+                                                device, generator)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            lr_schedule.step()
+            ema.update(trainable)
+            step += 1
+            last = float(loss.detach())
+            metrics = {"step": step, "loss": last, "grad_norm": float(grad_norm), "lr": lr_schedule.get_last_lr()[0],
+                       "decode_failures": sum(getattr(dataset, "failures", {}).values())}
+            if rank == 0:  # every step's metrics, one JSON line each (TensorBoard gets every log_every-th)
+                with open(Path(config.output).resolve() / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+            if writer and (step % config.log_every == 0 or step == config.steps):
+                for key in ("loss", "grad_norm", "lr", "decode_failures"):
+                    writer.add_scalar(f"train/{key}", metrics[key], step)
+                writer.add_scalar("train/samples_per_s", step * config.batch_size * world
+                                  / (time.perf_counter() - started), step)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                         "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                         "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _gather_rng(world),
+                         "config": config.to_dict()}
+                if rank == 0:
+                    save_checkpoint(checkpoint_dir(config) / f"step-{step:08d}", state, config)
+                    prune_checkpoints(config)
+                    if step == config.steps:
+                        save_checkpoint(Path(config.output).resolve() / "final", state, config)
+            _report(metrics)
+            if step >= config.steps:
+                break
+        else:
+            epoch, batch_in_epoch = epoch + 1, 0
+    if writer:
+        writer.close()
+    log.info("finished at step %d, last loss %s", step, last)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    try:
+        import ray.train
+
+        context = ray.train.get_context()
+        return context.get_world_rank(), context.get_world_size()
+    except Exception:  # called directly, outside Ray Train
+        return 0, 1
+
+
+def _prepare(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    try:
+        import ray.train
+
+        ray.train.get_context()
+    except Exception:
+        return model
+    from ray.train.torch import prepare_model
+
+    if _rank_and_world()[1] == 1:
+        return model  # nothing to synchronise
+    return prepare_model(model, parallel_strategy=config.strategy)
+
+
+def _gather_rng(world: int) -> list[dict[str, Any]]:
+    # each worker saves its own RNG state alongside; rank 0 writes the file, so keep its state for all ranks
+    # (the per-step generators, not these, drive noise and timesteps)
+    return [rng_state()] * world
+
+
+def _report(metrics: dict[str, Any]) -> None:
+    try:
+        import ray.train
+
+        ray.train.report(metrics)
+    except Exception:
+        pass
+
+
+def _tensorboard(config: TrainConfig):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: no TensorBoard logs")
+        return None
+    return SummaryWriter(str(Path(config.output).resolve() / "tensorboard"))
+
+
+def run_training(config: TrainConfig, *, ray_address: str | None = None) -> dict[str, Any]:
+    """Train one stage on Ray Train (``config.num_workers`` workers, GPUs if asked for and present); returns
+    the last metrics and the final checkpoint's path. Rerunning the same config resumes from its newest
+    checkpoint."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    output = Path(config.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    use_gpu = torch.cuda.is_available() if config.use_gpu == "auto" else bool(config.use_gpu)
+    if not ray.is_initialized():
+        ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True,
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MEGACTOR_")}})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config.to_dict(),
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(name=f"stage{config.stage}", storage_path=str(output / "ray")),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    final = output / "final"
+    return {"metrics": dict(result.metrics or {}), "final_checkpoint": str(final) if final.exists() else None,
+            "steps": config.steps}
