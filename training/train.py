@@ -141,7 +141,6 @@ class EMA:
 def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     """Ray Train's per-worker function (also callable directly, without Ray, as a single worker)."""
     from training.config import validate
-    from training.data import collate_skip_failed
 
     config = validate(config_dict, origin="trainer")
     rank, world = _rank_and_world()
@@ -175,7 +174,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     scaler = torch.amp.GradScaler(enabled=config.precision == "fp16" and device.type == "cuda")
 
     # 5. resume
-    step, epoch, batch_in_epoch = 0, 0, 0
+    step, epoch, batch_in_epoch, failures = 0, 0, 0, 0
     resume = latest_checkpoint(config)
     if resume is not None:
         state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
@@ -185,6 +184,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         lr_schedule.load_state_dict(state["lr_schedule"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        failures = state.get("decode_failures", 0)
         set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
         log.info("resumed from %s at step %d", resume, step)
 
@@ -196,11 +196,12 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
 
     # 6. the loop
     while step < config.steps:
-        for indices in order.batch_indices(epoch, batch_in_epoch):
-            batch = collate_skip_failed([dataset[i] for i in indices])
+        for batch in _loader(dataset, order, epoch, batch_in_epoch, config):
             batch_in_epoch += 1
+            # clips that failed to decode were dropped by the collate function (the sampler's batches are full)
+            failures += config.batch_size - (0 if batch is None else len(batch["frames"]))
             if batch is None:
-                continue  # every clip of this batch failed to decode: counted by the dataset, skipped
+                continue  # every clip of this batch failed: skipped, counted, never fatal
             generator = step_generator(config.seed, step, rank, device)
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 loss = components.training_loss(wrapped, vae, audio_encoder, scheduler_noise, batch, config,
@@ -216,7 +217,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             step += 1
             last = float(loss.detach())
             metrics = {"step": step, "loss": last, "grad_norm": float(grad_norm), "lr": lr_schedule.get_last_lr()[0],
-                       "decode_failures": sum(getattr(dataset, "failures", {}).values())}
+                       "decode_failures": failures}
             if rank == 0:  # every step's metrics, one JSON line each (TensorBoard gets every log_every-th)
                 with open(Path(config.output).resolve() / "metrics.jsonl", "a") as handle:
                     handle.write(json.dumps(metrics) + "\n")
@@ -228,7 +229,8 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             if step % config.checkpoint_every == 0 or step == config.steps:
                 state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                          "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                         "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": _gather_rng(world),
+                         "epoch": epoch, "batch_in_epoch": batch_in_epoch, "decode_failures": failures,
+                         "rng": _gather_rng(world),
                          "config": config.to_dict()}
                 if rank == 0:
                     save_checkpoint(checkpoint_dir(config) / f"step-{step:08d}", state, config)
@@ -243,6 +245,20 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     if writer:
         writer.close()
     log.info("finished at step %d, last loss %s", step, last)
+
+
+def _loader(dataset, order: ResumableOrder, epoch: int, start_batch: int, config: TrainConfig):
+    """This epoch's batches from ``start_batch`` on, decoded by ``loader_workers`` processes in parallel. The
+    dataset draws each sample's randomness from (seed, epoch, index), so the workers' order does not matter."""
+    from torch.utils.data import DataLoader
+
+    from training.data import collate_skip_failed
+
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    return DataLoader(dataset, batch_sampler=list(order.batch_indices(epoch, start_batch)),
+                      num_workers=config.loader_workers, collate_fn=collate_skip_failed,
+                      persistent_workers=False, prefetch_factor=2 if config.loader_workers else None)
 
 
 def _rank_and_world() -> tuple[int, int]:
