@@ -1,0 +1,507 @@
+"""The manifest-backed training dataset: kept clips of the curated manifest, decoded around the stored face track.
+
+One sample is one clip (index ``i`` is the ``i``-th selected row): a segment of ``num_frames`` frames at
+``frame_stride`` on the clip's 25 fps timeline, a reference frame from another time of the same clip, the driving
+frames (the same frames, or a face-swapped / stylized variant of them) keeping only the driven face regions, eye
+and mouth masks, the loss region, and the matching 16 kHz audio window.
+
+Determinism: every random choice of a sample comes from ``sample_plan(index, epoch)``, whose generator is seeded by
+``(seed, epoch, index)`` only (never global RNG, never the worker id), so a resumed run that replays the same
+indices for the same epoch gets bit-identical samples. ``plan`` is cheap (no decoding): tests and the trainer can
+inspect the mixes without touching a video.
+
+Manifest contract (``curation.manifest``): the rows are read with ``curation.manifest.read_manifest`` only. The
+crop and the masks come from ``face_track`` (per sampled frame: ``t`` in source seconds, ``box``, ``eyes_box``,
+``mouth_box`` as ``[x0, y0, x1, y1]`` in source display pixels), falling back to ``face_box`` when the track has
+no boxes. Optional variant columns, used when the table has them and the value is not null:
+
+- ``driving_faceswap_path``: a face-swapped rendering of the clip (first MegActor: FaceFusion, random source face);
+- ``driving_stylized_path``: a stylized rendering (SDXL-Turbo image-to-image per frame).
+
+A variant video covers exactly the clip's span (its time 0 is the clip's ``start_s``) and shows the same view as
+the source, possibly resized: the crop and the masks are scaled by the size ratio. A row without variants drives
+from the real frames only; a row with some variants draws among the available sources with the mix renormalised.
+The manifest schema (1.1) has no such columns yet, so ``read_manifest`` drops them: until the curation schema gains
+them, pass a table that has them (``ManifestDataset(config, stage, table=...)``).
+
+Audio and stages: stage 1 is image level and visual only, and decodes no audio (zeros). In stages 2/3 the
+modality mix needs audio, so clips without an audio stream (``has_audio`` false) are handled by
+``DataConfig.audioless``: ``"drop"`` (default: excluded at construction and counted in ``excluded``, so the 10/20/70
+mix holds over the clips used) or ``"visual"`` (kept, always drawn as visual-only samples).
+
+DataLoader settings (decoding is ffmpeg subprocesses, so parallelism comes from worker processes): ``num_workers``
+about the CPU cores per GPU minus two (e.g. 6-8), ``batch_size`` 1-2 per GPU at 512 x 16 frames,
+``collate_fn=collate_skip_failed``, ``pin_memory=True``, ``prefetch_factor=2``. Either call ``set_epoch`` before
+each epoch's iterator with ``persistent_workers=False``, or index with ``(epoch, index)`` tuples from the sampler
+(any ``persistent_workers``). The dataset pickles (it keeps the selected rows as an Arrow table, which worker
+processes share without copying Python objects). ``failures`` / ``excluded`` are per process: with workers, the
+main process sees failures through the ``num_skipped`` count of each collated batch and the workers' log warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from curation import media
+from curation.errors import ConfigError, DecodeError, MediaError
+from curation.manifest import read_manifest
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("visual", "audio", "mixed")  # "modality" tensor values 0, 1, 2
+MODALITY_VISUAL, MODALITY_AUDIO, MODALITY_MIXED = 0, 1, 2
+DRIVING_SOURCES = ("real", "faceswap", "stylized")
+VARIANT_COLUMNS = {"faceswap": "driving_faceswap_path", "stylized": "driving_stylized_path"}
+DROPOUT_CHOICES = ("eyes", "mouth", "both")
+# Where eyes and mouth sit inside a face box, for a track without eyes/mouth boxes (rows [top, bottom] as
+# fractions of the box height, full width).
+_FALLBACK_ROWS = {"eyes_box": (0.2, 0.5), "mouth_box": (0.62, 0.92)}
+
+
+@dataclass
+class DataConfig:
+    """Data settings shared by the three stages (a stage config overrides what differs, e.g. ``num_frames: 1``
+    for stage 1). Mixes are relative weights, normalised here."""
+
+    manifest_dir: str = ""  # a directory of manifest part files (curation.manifest.write_part)
+    num_frames: int = 16  # stage 1: 1 (image level)
+    frame_stride: int = 2  # on the fps timeline
+    resolution: int = 512  # square output side
+    fps: float = 25.0
+    crop_scale: float = 2.0  # crop side = crop_scale x the larger side of the clip's median face box
+    driving_mix: dict[str, float] = field(
+        default_factory=lambda: {"real": 0.5, "faceswap": 0.4, "stylized": 0.1})
+    modality_mix: dict[str, float] = field(  # stages 2/3; stage 1 is visual only
+        default_factory=lambda: {"visual": 0.1, "audio": 0.2, "mixed": 0.7})
+    face_dropout: dict[str, float] = field(  # driven regions of a visual sample
+        default_factory=lambda: {"eyes": 1.0, "mouth": 1.0, "both": 1.0})
+    mask_dilation: float = 0.1  # eye/mouth/face boxes grow by this fraction of their size on each side
+    grayscale_prob: float = 0.2  # driving-frame augmentations, one draw per sample (all frames alike)
+    scale_prob: float = 0.5
+    scale_range: tuple[float, float] = (0.8, 1.2)
+    aspect_prob: float = 0.5
+    aspect_range: tuple[float, float] = (0.8, 1.25)  # width/height stretch, drawn log-uniformly
+    audio_sample_rate: int = 16000
+    audio_context_s: float = 0.2  # audio kept on each side of the segment (Whisper context); zeros past the clip
+    audioless: str = "drop"  # stages 2/3: "drop" clips without audio, or use them as "visual"-only samples
+    seed: int = 0
+    only_kept: bool = True  # rows with keep == True only
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.frame_stride < 1 or self.resolution < 8:
+            raise ConfigError(f"data: need num_frames >= 1, frame_stride >= 1, resolution >= 8; got "
+                              f"{self.num_frames}, {self.frame_stride}, {self.resolution}")
+        if self.fps <= 0 or self.crop_scale <= 0 or self.mask_dilation < 0 or self.audio_context_s < 0:
+            raise ConfigError(f"data: fps, crop_scale must be > 0, mask_dilation, audio_context_s >= 0; got "
+                              f"{self.fps}, {self.crop_scale}, {self.mask_dilation}, {self.audio_context_s}")
+        if self.audioless not in ("drop", "visual"):
+            raise ConfigError(f"data.audioless must be 'drop' or 'visual', got {self.audioless!r}")
+        self.driving_mix = _weights("driving_mix", self.driving_mix, DRIVING_SOURCES)
+        self.modality_mix = _weights("modality_mix", self.modality_mix, MODALITIES)
+        self.face_dropout = _weights("face_dropout", self.face_dropout, DROPOUT_CHOICES)
+        if self.driving_mix["real"] <= 0:
+            raise ConfigError("data.driving_mix['real'] must be > 0: clips without variants drive from real frames")
+        for name in ("grayscale_prob", "scale_prob", "aspect_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("scale_range", "aspect_range"):
+            low, high = (float(v) for v in getattr(self, name))
+            if not 0 < low <= high:
+                raise ConfigError(f"data.{name} must be (low, high) with 0 < low <= high, got {getattr(self, name)}")
+            setattr(self, name, (low, high))
+
+    @property
+    def segment_frames(self) -> int:
+        """Frames of the fps timeline a segment spans (first to last sampled frame, inclusive)."""
+        return (self.num_frames - 1) * self.frame_stride + 1
+
+    @property
+    def audio_samples(self) -> int:
+        """Fixed audio length: the segment's duration (num_frames x stride frames) plus the context on each side."""
+        seconds = self.num_frames * self.frame_stride / self.fps + 2 * self.audio_context_s
+        return int(round(seconds * self.audio_sample_rate))
+
+
+def _weights(name: str, mix: dict[str, float], keys: tuple[str, ...]) -> dict[str, float]:
+    unknown = set(mix) - set(keys)
+    values = {k: float(mix.get(k, 0.0)) for k in keys}
+    if unknown or any(v < 0 or not math.isfinite(v) for v in values.values()) or sum(values.values()) <= 0:
+        raise ConfigError(f"data.{name} must map {list(keys)} to non-negative weights with a positive sum, got {mix}")
+    total = sum(values.values())
+    return {k: v / total for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    """Every random decision of one sample, from ``(seed, epoch, index)`` alone."""
+
+    index: int
+    epoch: int
+    clip_id: str
+    start_frame: int  # first frame of the segment, on the clip's fps timeline (0 = clip start)
+    reference_frame: int
+    modality: int  # MODALITY_VISUAL | MODALITY_AUDIO | MODALITY_MIXED
+    drive_eyes: bool
+    drive_mouth: bool
+    driving_source: str  # real | faceswap | stylized
+    grayscale: bool
+    scale: float  # driving-frame zoom about the centre (1.0: none)
+    aspect: float  # driving-frame width/height stretch (1.0: none)
+
+
+class ManifestDataset(Dataset):
+    """Map-style dataset over the selected manifest rows; ``__getitem__`` returns a dict of tensors, or None
+    when the clip cannot be decoded (counted in ``failures`` by reason; use ``collate_skip_failed``).
+
+    Output (F = num_frames, H = W = resolution):
+      ``frames`` (F,3,H,W) float in [-1, 1]; ``reference`` (3,H,W) in [-1, 1];
+      ``driving`` (F,3,H,W) float in [0, 1], black (0) outside the driven regions (all 0 for audio-only),
+      after the driving augmentations; ``driving_mask`` (F,1,H,W) 0/1: the driven region in the driving frames'
+      geometry (after the scale/aspect augmentation);
+      ``eye_mask`` / ``mouth_mask`` (F,1,H,W) 0/1 in the target frames' geometry (for attention masking);
+      ``loss_mask`` (F,1,H,W) 0/1: the region of interest of the masked MSE: the dilated face box in stage 1
+      (the paper masks the stage-1 loss), all ones in stages 2/3;
+      ``audio`` (S,) float32 16 kHz mono: the segment plus ``audio_context_s`` each side, zero outside the clip,
+      all zeros in stage 1, for visual-only samples and for audio-less clips (placeholders: the trainer switches
+      audio attention off by ``modality``); ``modality`` int64; ``drive_eyes`` / ``drive_mouth`` bool;
+      ``clip_id`` str; ``driving_source`` str.
+    """
+
+    def __init__(self, config: DataConfig, stage: int, *, table: pa.Table | None = None):
+        if stage not in (1, 2, 3):
+            raise ConfigError(f"stage must be 1, 2 or 3, got {stage}")
+        self.config = config
+        self.stage = stage
+        self.epoch = 0
+        self.failures: Counter[str] = Counter()
+        self.excluded: Counter[str] = Counter()
+        if table is None:
+            if not config.manifest_dir:
+                raise ConfigError("data.manifest_dir is empty")
+            table = read_manifest(config.manifest_dir)
+        self.rows = self._select(table)
+        durations = np.asarray(self.rows.column("duration_s").to_pylist(), dtype=np.float64)
+        self._clip_frames = np.floor(durations * config.fps + 1e-6).astype(np.int64)
+        self._clip_ids = self.rows.column("clip_id").to_pylist()
+        self._has_audio = np.asarray([bool(v) for v in self.rows.column("has_audio").to_pylist()])
+        self._variants = {
+            source: np.asarray([bool(v) for v in self.rows.column(column).to_pylist()])
+            if column in self.rows.column_names else np.zeros(len(self.rows), dtype=bool)
+            for source, column in VARIANT_COLUMNS.items()
+        }
+
+    def _select(self, table: pa.Table) -> pa.Table:
+        total = len(table)
+        if self.config.only_kept:
+            table = table.filter(pc.fill_null(pc.equal(table["keep"], True), False))
+            self.excluded["not_kept"] += total - len(table)
+        keep = np.ones(len(table), dtype=bool)
+        durations = np.asarray(table.column("duration_s").to_pylist(), dtype=np.float64)
+        too_short = np.floor(durations * self.config.fps + 1e-6) < max(self.config.segment_frames, 2)
+        no_face = np.asarray(table.column("face_box").is_null().to_pylist(), dtype=bool)
+        no_audio = ~np.asarray([bool(v) for v in table.column("has_audio").to_pylist()], dtype=bool)
+        for reason, mask in (("too_short", too_short), ("no_face_track", no_face),
+                             ("no_audio", no_audio if self.stage > 1 and self.config.audioless == "drop" else None)):
+            if mask is None:
+                continue
+            self.excluded[reason] += int((keep & mask).sum())
+            keep &= ~mask
+        return table.filter(pa.array(keep))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    # -- the decisions ---------------------------------------------------------------------------------------
+    def sample_plan(self, index: int, epoch: int | None = None) -> SamplePlan:
+        """The random decisions of sample ``index`` in ``epoch`` (default: the current one); no decoding."""
+        cfg = self.config
+        epoch = self.epoch if epoch is None else int(epoch)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} clips")
+        rng = np.random.default_rng([cfg.seed, epoch, index])
+        n = int(self._clip_frames[index])
+        start = int(rng.integers(0, n - cfg.segment_frames + 1))
+        used = set(range(start, start + cfg.segment_frames, cfg.frame_stride))
+        outside = [f for f in range(n) if not start <= f < start + cfg.segment_frames]
+        candidates = outside or [f for f in range(n) if f not in used] or list(range(n))
+        reference = int(candidates[int(rng.integers(0, len(candidates)))])
+
+        if self.stage == 1 or not self._has_audio[index]:
+            modality = MODALITY_VISUAL
+        else:
+            modality = int(rng.choice(3, p=[cfg.modality_mix[m] for m in MODALITIES]))
+        dropout = DROPOUT_CHOICES[int(rng.choice(3, p=[cfg.face_dropout[d] for d in DROPOUT_CHOICES]))]
+        drive_eyes = modality == MODALITY_MIXED or (modality == MODALITY_VISUAL and dropout in ("eyes", "both"))
+        drive_mouth = modality == MODALITY_VISUAL and dropout in ("mouth", "both")
+
+        available = [s for s in DRIVING_SOURCES if s == "real" or self._variants[s][index]]
+        weights = np.array([cfg.driving_mix[s] for s in available])
+        source = available[int(rng.choice(len(available), p=weights / weights.sum()))]
+
+        grayscale = bool(rng.random() < cfg.grayscale_prob)
+        scale = float(rng.uniform(*cfg.scale_range)) if rng.random() < cfg.scale_prob else 1.0
+        aspect = (float(np.exp(rng.uniform(*np.log(cfg.aspect_range)))) if rng.random() < cfg.aspect_prob
+                  else 1.0)
+        return SamplePlan(index=index, epoch=epoch, clip_id=self._clip_ids[index], start_frame=start,
+                          reference_frame=reference, modality=modality, drive_eyes=drive_eyes,
+                          drive_mouth=drive_mouth, driving_source=source, grayscale=grayscale, scale=scale,
+                          aspect=aspect)
+
+    # -- the sample ------------------------------------------------------------------------------------------
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any] | None:
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
+        plan = self.sample_plan(int(index), epoch)
+        row = self.rows.slice(plan.index, 1).to_pylist()[0]
+        try:
+            return self._sample(plan, row)
+        except MediaError as error:
+            self.failures[error.reason] += 1
+            log.warning("skipping clip %s (%s): %s", plan.clip_id, error.reason, error)
+            return None
+
+    def _sample(self, plan: SamplePlan, row: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.config
+        res, stride, fps = cfg.resolution, cfg.frame_stride, cfg.fps
+        probe = _probe_from_row(row)
+        width, height = probe.width, probe.height
+        track = _track(row)
+        crop = _crop_square(track, row["face_box"], width, height, cfg.crop_scale)  # x0, y0, side (source px)
+
+        frame_idx = plan.start_frame + stride * np.arange(cfg.num_frames)
+        times = row["start_s"] + frame_idx / fps
+        segment_start = row["start_s"] + plan.start_frame / fps
+        frames = _decode_crops(row["source_path"], probe, segment_start, cfg.num_frames, fps / stride, crop, res)
+        reference = _decode_crops(row["source_path"], probe, row["start_s"] + plan.reference_frame / fps, 1, fps,
+                                  crop, res)[0]
+
+        eye_mask = _box_masks(track, "eyes_box", times, crop, res, cfg.mask_dilation)
+        mouth_mask = _box_masks(track, "mouth_box", times, crop, res, cfg.mask_dilation)
+        if self.stage == 1:
+            loss_mask = _box_masks(track, "box", times, crop, res, cfg.mask_dilation)
+        else:
+            loss_mask = np.ones_like(eye_mask)
+        driven = np.zeros_like(eye_mask)
+        if plan.drive_eyes:
+            driven = np.maximum(driven, eye_mask)
+        if plan.drive_mouth:
+            driven = np.maximum(driven, mouth_mask)
+
+        source = plan.driving_source
+        driving = frames
+        if source != "real":
+            try:
+                driving = self._variant_crops(row[VARIANT_COLUMNS[source]], plan.start_frame / fps, width, height,
+                                              crop)
+            except MediaError as error:  # the real frames still make a valid sample
+                self.failures[f"variant_{error.reason}"] += 1
+                log.warning("clip %s: %s variant unusable, driving from real frames: %s", plan.clip_id, source,
+                            error)
+                source = "real"
+        driving, driving_mask = _augment_driving(driving, driven, plan)
+
+        audio = np.zeros(cfg.audio_samples, dtype=np.float32)
+        if self.stage > 1 and plan.modality != MODALITY_VISUAL and row.get("has_audio"):
+            audio = self._audio(row, segment_start)
+
+        return {
+            "frames": _to_signed(frames),
+            "reference": _to_signed(reference[None])[0],
+            "driving": torch.from_numpy(driving).permute(0, 3, 1, 2).float().div_(255.0),
+            "driving_mask": torch.from_numpy(driving_mask[:, None]),
+            "eye_mask": torch.from_numpy(eye_mask[:, None]),
+            "mouth_mask": torch.from_numpy(mouth_mask[:, None]),
+            "loss_mask": torch.from_numpy(loss_mask[:, None]),
+            "audio": torch.from_numpy(audio),
+            "modality": torch.tensor(plan.modality, dtype=torch.int64),
+            "drive_eyes": torch.tensor(plan.drive_eyes),
+            "drive_mouth": torch.tensor(plan.drive_mouth),
+            "clip_id": plan.clip_id,
+            "driving_source": source,
+        }
+
+    def _variant_crops(self, path: str, local_start_s: float, width: int, height: int,
+                       crop: tuple[float, float, float]) -> np.ndarray:
+        cfg = self.config
+        probe = media.probe(path)
+        if not probe.has_video or not probe.width or not probe.height:
+            raise DecodeError("variant has no video stream", path=path)
+        sx, sy = probe.width / width, probe.height / height
+        x0, y0, side = crop
+        frames = _decode_crops(path, probe, local_start_s, cfg.num_frames, cfg.fps / cfg.frame_stride,
+                               (x0 * sx, y0 * sy, side * sx, side * sy), cfg.resolution)
+        return frames
+
+    def _audio(self, row: dict[str, Any], segment_start_s: float) -> np.ndarray:
+        cfg = self.config
+        out = np.zeros(cfg.audio_samples, dtype=np.float32)
+        window_start = segment_start_s - cfg.audio_context_s
+        begin = max(window_start, row["start_s"])
+        end = min(window_start + cfg.audio_samples / cfg.audio_sample_rate, row["end_s"])
+        if end <= begin:
+            return out
+        samples = media.decode_audio(row["source_path"], start_s=begin, duration_s=end - begin,
+                                     sample_rate=cfg.audio_sample_rate)
+        offset = int(round((begin - window_start) * cfg.audio_sample_rate))
+        samples = samples[: cfg.audio_samples - offset]
+        out[offset: offset + len(samples)] = samples
+        return out
+
+
+def collate_skip_failed(batch: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """``default_collate`` over the samples that decoded; None when none did (the trainer skips the step).
+    ``num_skipped`` counts the dropped samples so the main process sees worker-side failures."""
+    kept = [sample for sample in batch if sample is not None]
+    if not kept:
+        return None
+    out = default_collate(kept)
+    out["num_skipped"] = len(batch) - len(kept)
+    return out
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+def _probe_from_row(row: dict[str, Any]) -> media.ProbeResult:
+    """The probe columns the manifest stored (no ffprobe per sample); a row without a size is probed."""
+    if not row.get("width") or not row.get("height"):
+        return media.probe(row["source_path"])
+    return media.ProbeResult(
+        container="", duration_s=row.get("source_duration_s"), bit_rate=None,
+        has_video=row.get("has_video") is not False, video_codec=row.get("video_codec"),
+        width=int(row["width"]), height=int(row["height"]), coded_width=None, coded_height=None,
+        rotation=int(row.get("rotation") or 0), fps_avg=row.get("fps"), fps_nominal=row.get("fps_nominal"),
+        vfr=bool(row.get("vfr")), n_frames=None, has_audio=bool(row.get("has_audio")),
+        audio_codec=row.get("audio_codec"), audio_sample_rate=row.get("audio_sample_rate"), audio_channels=None,
+    )
+
+
+def _track(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Track points with a face box, in time order; the clip's median box at its start when there are none."""
+    points = sorted((p for p in row.get("face_track") or [] if p.get("box") is not None), key=lambda p: p["t"])
+    if not points:
+        points = [{"t": row["start_s"], "box": row["face_box"], "eyes_box": None, "mouth_box": None}]
+    return points
+
+
+def _crop_square(track: list[dict[str, Any]], face_box: list[float] | None, width: int, height: int,
+                 crop_scale: float) -> tuple[float, float, float]:
+    """A square of ``crop_scale`` x the larger side of the median face box, centred on it, shrunk and shifted to
+    lie inside the frame: one crop per clip, so frames and reference share it."""
+    boxes = np.array([p["box"] for p in track], dtype=np.float64)
+    x0, y0, x1, y1 = np.median(boxes, axis=0) if len(boxes) else np.asarray(face_box, dtype=np.float64)
+    side = min(crop_scale * max(x1 - x0, y1 - y0, 1.0), width, height)
+    left = float(np.clip((x0 + x1) / 2 - side / 2, 0, width - side))
+    top = float(np.clip((y0 + y1) / 2 - side / 2, 0, height - side))
+    return left, top, float(side)
+
+
+def _decode_crops(path: str, probe: media.ProbeResult, start_s: float, count: int, rate: float,
+                  crop: tuple[float, ...], resolution: int) -> np.ndarray:
+    """``count`` frames at ``rate`` from ``start_s``, each cropped (x0, y0, side or w, h in the video's display
+    pixels) and resized to ``resolution``: (count, R, R, 3) uint8. Decodes at the smallest size at which the crop
+    still has ``resolution`` pixels, so a 1080p source never crosses the pipe at full size for a 512 crop."""
+    x0, y0, w, h = crop if len(crop) == 4 else (*crop, crop[2])
+    long_side = max(probe.width, probe.height)
+    max_side = min(long_side, math.ceil(long_side * resolution / max(min(w, h), 1.0)) + 2)
+    out = np.empty((count, resolution, resolution, 3), dtype=np.uint8)
+    got = 0
+    for _, frame in media.iter_frames(path, probe, start_s=max(start_s, 0.0), duration_s=count / rate, fps=rate,
+                                      max_side=max_side):
+        if got == count:
+            break
+        fx, fy = frame.shape[1] / probe.width, frame.shape[0] / probe.height
+        left, top = int(round(x0 * fx)), int(round(y0 * fy))
+        right = min(frame.shape[1], max(left + 1, int(round((x0 + w) * fx))))
+        bottom = min(frame.shape[0], max(top + 1, int(round((y0 + h) * fy))))
+        patch = frame[top:bottom, left:right]
+        shrink = patch.shape[0] > resolution
+        out[got] = cv2.resize(patch, (resolution, resolution),
+                              interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        got += 1
+    if got < count:
+        raise DecodeError(f"{got} of {count} frames decoded from {start_s:.3f} s", path=str(path))
+    return out
+
+
+def _interpolated_boxes(track: list[dict[str, Any]], key: str, times: np.ndarray) -> np.ndarray:
+    """(len(times), 4) boxes linearly interpolated over the track points that have ``key`` (held at the ends);
+    eyes/mouth boxes fall back to fixed bands of the face box when the track has none."""
+    points = [p for p in track if p.get(key) is not None]
+    if points:
+        t = np.array([p["t"] for p in points])
+        boxes = np.array([p[key] for p in points], dtype=np.float64)
+        return np.stack([np.interp(times, t, boxes[:, c]) for c in range(4)], axis=1)
+    face = _interpolated_boxes(track, "box", times)
+    top, bottom = _FALLBACK_ROWS[key]
+    heights = face[:, 3] - face[:, 1]
+    return np.stack([face[:, 0], face[:, 1] + top * heights, face[:, 2], face[:, 1] + bottom * heights], axis=1)
+
+
+def _box_masks(track: list[dict[str, Any]], key: str, times: np.ndarray, crop: tuple[float, float, float],
+               resolution: int, dilation: float) -> np.ndarray:
+    """(F, R, R) float32 0/1 rectangles of the ``key`` boxes at ``times``, grown by ``dilation`` of their size
+    on each side and mapped through the crop."""
+    left, top, side = crop
+    scale = resolution / side
+    masks = np.zeros((len(times), resolution, resolution), dtype=np.float32)
+    for mask, (x0, y0, x1, y1) in zip(masks, _interpolated_boxes(track, key, times), strict=True):
+        dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
+        c0 = int(np.clip(np.floor((x0 - dx - left) * scale), 0, resolution))
+        c1 = int(np.clip(np.ceil((x1 + dx - left) * scale), 0, resolution))
+        r0 = int(np.clip(np.floor((y0 - dy - top) * scale), 0, resolution))
+        r1 = int(np.clip(np.ceil((y1 + dy - top) * scale), 0, resolution))
+        mask[r0:r1, c0:c1] = 1.0
+    return masks
+
+
+def _augment_driving(frames: np.ndarray, driven: np.ndarray, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the driven regions (black elsewhere), then zoom/stretch about the centre (black borders) and
+    grayscale, the same for every frame of the sample. Returns the frames (F,R,R,3) uint8 and the driven
+    region in their geometry (F,R,R) float32."""
+    driving = frames * driven[..., None].astype(np.uint8)
+    mask = driven
+    if plan.scale != 1.0 or plan.aspect != 1.0:
+        size = frames.shape[1]
+        sx, sy = plan.scale * math.sqrt(plan.aspect), plan.scale / math.sqrt(plan.aspect)
+        centre = (size - 1) / 2
+        affine = np.array([[sx, 0, (1 - sx) * centre], [0, sy, (1 - sy) * centre]], dtype=np.float64)
+        driving = np.stack([cv2.warpAffine(f, affine, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+                            for f in driving])
+        mask = np.stack([cv2.warpAffine(m, affine, (size, size), flags=cv2.INTER_NEAREST, borderValue=0)
+                         for m in mask])
+        driving = driving * (mask[..., None] > 0)  # bilinear edges do not bleed past the region
+    if plan.grayscale:
+        gray = (driving.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).round()
+        driving = np.repeat(gray[..., None], 3, axis=-1)
+    return np.ascontiguousarray(driving.astype(np.uint8)), np.ascontiguousarray(mask.astype(np.float32))
+
+
+def _to_signed(frames: np.ndarray) -> torch.Tensor:
+    """(N,H,W,3) uint8 -> (N,3,H,W) float in [-1, 1]."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+__all__ = [
+    "DRIVING_SOURCES",
+    "MODALITIES",
+    "MODALITY_AUDIO",
+    "MODALITY_MIXED",
+    "MODALITY_VISUAL",
+    "VARIANT_COLUMNS",
+    "DataConfig",
+    "ManifestDataset",
+    "SamplePlan",
+    "collate_skip_failed",
+]
