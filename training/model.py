@@ -185,7 +185,8 @@ class DrivenEncoder(nn.Module):
 class ReferenceAttnProcessor:
     """diffusers attention processor: SDPA whose keys/values are the queries' own tokens followed by optional extra
     tokens (the reference transformer's features), with an optional boolean mask (B, Nq, Nk) over the own tokens
-    (True = may attend). Extra tokens are never masked."""
+    (True = may attend). Extra tokens are never masked. `extra_kv_states` may be per video (B/F, Nref, D): it is
+    projected once and shared by the video's F frames."""
 
     def __call__(
         self,
@@ -197,12 +198,14 @@ class ReferenceAttnProcessor:
     ) -> torch.Tensor:
         batch, n_query, _ = hidden_states.shape
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)  # (B, N, D)
         if extra_kv_states is not None:
-            context = torch.cat([context, extra_kv_states], dim=1)  # (B, Nk + Nref, D)
+            frames = batch // extra_kv_states.shape[0]
+            key = torch.cat([key, attn.to_k(extra_kv_states).repeat_interleave(frames, 0)], dim=1)  # (B, N+Nref, D)
+            value = torch.cat([value, attn.to_v(extra_kv_states).repeat_interleave(frames, 0)], dim=1)
             if attention_mask is not None:
                 keep = attention_mask.new_ones(*attention_mask.shape[:-1], extra_kv_states.shape[1])
-                attention_mask = torch.cat([attention_mask, keep], dim=-1)  # (B, Nq, Nk + Nref)
-        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+                attention_mask = torch.cat([attention_mask, keep], dim=-1)  # (B, Nq, N + Nref)
         head_dim = query.shape[-1] // attn.heads
         query, key, value = (t.unflatten(-1, (attn.heads, head_dim)).transpose(1, 2) for t in (query, key, value))
         if attention_mask is not None:
@@ -384,7 +387,7 @@ class Denoiser(nn.Module):
         audio_states: torch.Tensor | None = None,
         audio_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B*F, 4+M, h, w), timesteps (B,), reference_states R x (B*F, N, D) -> (B*F, out_channels, h, w)."""
+        """x (B*F, 4+M, h, w), timesteps (B,), reference_states R x (B, N, D) -> (B*F, out_channels, h, w)."""
         bf, _, h, w = x.shape
         batch, p = bf // num_frames, self.config.patch_size
         tokens = self.pos_embed(x)  # (B*F, N, D)
@@ -436,7 +439,7 @@ class MegActorModel(nn.Module):
         batch, frames = noisy.shape[:2]
         motion = self.driven_encoder(driving.flatten(0, 1))  # (B*F, M, h, w)
         x = torch.cat([noisy.flatten(0, 1), motion], dim=1)  # (B*F, 4+M, h, w)
-        reference = [s.repeat_interleave(frames, 0) for s in self.reference(reference_latent)]  # R x (B*F, N, D)
+        reference = self.reference(reference_latent)  # R x (B, N, D), shared by each video's frames
         attention_mask = None
         if (mouth_query_mask is None) != (driving_key_mask is None):
             raise ValueError("mouth_query_mask and driving_key_mask are given together or not at all")
