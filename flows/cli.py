@@ -211,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _set_overrides(args.set)
     if args.manifest:
-        overrides["data.manifest"] = str(Path(args.manifest).resolve())
+        overrides["data.manifest_dir"] = str(Path(args.manifest).resolve())
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
     configs = []
     for stage in stages:

@@ -46,18 +46,28 @@ def build_audio_encoder(config: TrainConfig, device: torch.device):
     from training.model import AudioEncoder
 
     _require(config.model.whisper_dir, "Whisper", "model.whisper_dir", config)
-    encoder = (AudioEncoder.from_pretrained(config.model.whisper_dir) if config.model.whisper_dir is not None
-               else AudioEncoder.tiny())
+    if config.model.whisper_dir is not None:
+        encoder = AudioEncoder.from_pretrained(config.model.whisper_dir)
+    else:  # tests: a one-layer Whisper as wide as the tiny preset's audio features
+        from transformers import WhisperConfig
+
+        from training.model import megactor_config
+
+        width = megactor_config(config.model.preset).audio_dim
+        torch.manual_seed(0)
+        encoder = AudioEncoder.from_config(WhisperConfig(d_model=width, encoder_layers=1, decoder_layers=1,
+                                                         encoder_attention_heads=2, decoder_attention_heads=2,
+                                                         encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width))
     return encoder.to(device).eval().requires_grad_(False)
 
 
 def build_model(config: TrainConfig):
     """The stage's model: from the previous stage's checkpoint (``init_from``; modules new in this stage keep
     their initialisation), else from PixArt-alpha (``model.pixart_dir``), else randomly initialised."""
-    from training.model import MegActorConfig, MegActorModel
+    from training.model import MegActorModel, megactor_config
 
-    model_config = MegActorConfig.preset(config.model.preset, use_audio=config.model.use_audio,
-                                         use_temporal=config.model.use_temporal)
+    model_config = megactor_config(config.model.preset, use_audio=config.model.use_audio,
+                                   use_temporal=config.model.use_temporal)
     if config.init_from is not None:
         model = MegActorModel(model_config)
         state_file = Path(config.init_from) / STATE_FILE
@@ -72,7 +82,7 @@ def build_model(config: TrainConfig):
         log.info("initialised from %s (step %s); new modules: %d tensors", config.init_from, state["step"], len(missing))
         return model
     if config.model.pixart_dir is not None:
-        return MegActorModel.from_pixart(config.model.pixart_dir, model_config)
+        return MegActorModel.from_pixart(config.model.pixart_dir, model_config)  # its sizes must match the preset
     if config.model.preset == "full":
         log.warning("no model.pixart_dir: the full model starts from random weights, not from PixArt-alpha")
     return MegActorModel(model_config)
@@ -86,21 +96,26 @@ def set_trainable(model: torch.nn.Module, groups: tuple[str, ...]) -> dict[str, 
     """Freeze everything, then unfreeze the named parameter groups; returns the trainable parameters by name."""
     model.requires_grad_(False)
     by_group = model.parameter_groups()
-    names = {id(p): n for n, p in model.named_parameters()}
     trainable: dict[str, torch.nn.Parameter] = {}
     for group in groups:
-        for parameter in by_group[group]:
+        for name, parameter in by_group[group].items():
             parameter.requires_grad_(True)
-            trainable[names[id(parameter)]] = parameter
+            trainable[name] = parameter
     if not trainable:
         raise ConfigError(f"the groups {groups} hold no parameters in this model")
     return trainable
 
 
 def build_dataset(config: TrainConfig):
-    from training.data import DataConfig, ManifestClips
+    from training.data import ManifestDataset
 
-    return ManifestClips(DataConfig(**config.data), stage=config.stage, seed=config.seed)
+    return ManifestDataset(build_data_config(config), stage=config.stage)
+
+
+def build_data_config(config: TrainConfig):
+    from training.data import DataConfig
+
+    return DataConfig(**{"seed": config.seed, **config.data})
 
 
 def noise_schedule():
@@ -125,28 +140,28 @@ def training_loss(model, vae, audio_encoder, schedule, batch: dict[str, Any], co
     b, f = frames.shape[:2]
     latents = encode(vae, frames.flatten(0, 1), generator).unflatten(0, (b, f))  # (B, F, 4, h, w)
     reference = encode(vae, batch["reference"].to(device), generator)  # (B, 4, h, w)
-    audio = None
+    audio, audio_mask = None, None
     if audio_encoder is not None:
-        with torch.no_grad():
-            audio = audio_encoder(batch["audio"].to(device), num_frames=f)  # (B, F, T, D)
-        has_audio = (batch["modality"].to(device) != 0).to(audio.dtype)  # visual-only samples get no audio
-        audio = audio * has_audio[:, None, None, None]
+        data = build_data_config(config)
+        with torch.no_grad():  # (B, F, T, D): Whisper tokens around each frame (frames are frame_stride apart)
+            audio = audio_encoder(batch["audio"].to(device), num_frames=f, fps=data.fps / data.frame_stride,
+                                  offset_s=data.audio_context_s)
+        audio_mask = batch["modality"].to(device) != 0  # visual-only samples: the audio branch is off
 
     noise = torch.randn(latents.shape, generator=generator, device=device)
     timesteps = torch.randint(0, TRAIN_TIMESTEPS, (b,), generator=generator, device=device)
     noisy = schedule.add_noise(latents.flatten(0, 1), noise.flatten(0, 1),
                                timesteps.repeat_interleave(f)).unflatten(0, (b, f))
 
+    # face dropout in attention: where the mouth is not driven, mouth queries may not see the driving region
     grid = (latents.shape[-2] // model_patch(model), latents.shape[-1] // model_patch(model))
-    eye, mouth = batch["eye_mask"].to(device), batch["mouth_mask"].to(device)
-    drive_eyes = batch["drive_eyes"].to(device).view(b, 1, 1, 1, 1).float()
-    drive_mouth = batch["drive_mouth"].to(device).view(b, 1, 1, 1, 1).float()
-    driven = torch.clamp(eye * drive_eyes + mouth * drive_mouth, 0, 1)
-    mouth_query = token_mask(mouth, grid) & (drive_mouth.view(b, 1, 1) == 0)  # only where the mouth is not driven
-    driving_key = token_mask(driven, grid)
+    mouth_not_driven = ~batch["drive_mouth"].to(device).bool()
+    mouth_query = token_mask(batch["mouth_mask"].to(device), grid) & mouth_not_driven.view(b, 1, 1)
+    driving_key = token_mask(batch["driving_mask"].to(device), grid)
 
     prediction = model(noisy, timesteps, reference, batch["driving"].to(device), audio,
-                       mouth_query_mask=mouth_query, driving_key_mask=driving_key)  # (B, F, C, h, w)
+                       mouth_query_mask=mouth_query, driving_key_mask=driving_key,
+                       audio_mask=audio_mask)  # (B, F, C, h, w)
     eps = prediction[:, :, :4]
     mask = latent_mask(batch["loss_mask"].to(device), latents.shape[-2:]) if config.stage == 1 else None
     return masked_mse(eps, noise, mask)

@@ -628,9 +628,11 @@ class AudioEncoder(nn.Module):
             chunks.append(self.encoder(mel.to(device, self.encoder.dtype)).last_hidden_state)  # (B, tokens, d)
         return torch.cat(chunks, dim=1)[:, :n_tokens]
 
-    def forward(self, waveforms: torch.Tensor, num_frames: int, fps: float) -> torch.Tensor:
+    def forward(self, waveforms: torch.Tensor, num_frames: int, fps: float, offset_s: float = 0.0) -> torch.Tensor:
+        """``offset_s``: where the first frame starts in the waveform (audio context kept before it)."""
         tokens = self.encode(waveforms)  # (B, S_tok, d)
-        centre = ((torch.arange(num_frames, device=tokens.device) + 0.5) * self.token_rate / fps).floor().long()
+        frame_middle_s = (torch.arange(num_frames, device=tokens.device) + 0.5) / fps + offset_s
+        centre = (frame_middle_s * self.token_rate).floor().long()
         index = centre[:, None] - self.window_tokens // 2 + torch.arange(self.window_tokens, device=tokens.device)
         index = index.clamp(0, tokens.shape[1] - 1)  # (F, T)
         return tokens[:, index]  # (B, F, T, d)
