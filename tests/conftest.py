@@ -48,3 +48,12 @@ def random_syncnet_weights(tmp_path_factory, videos_dir) -> Path:
     from tests.metrics.reference_syncnet import random_weights
 
     return random_weights(videos_dir / "syncnet_example.avi", tmp_path_factory.mktemp("syncnet") / "random.model")
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory, videos_dir, weights_root) -> Path:
+    """Two shared clips curated by the real code into a manifest whose clips are all kept."""
+    from tests.tiny_manifest import build_tiny_manifest
+
+    os.environ.setdefault("MEGACTOR_WEIGHTS_DIR", str(weights_root))
+    return build_tiny_manifest(videos_dir, tmp_path_factory.mktemp("tiny-manifest"))

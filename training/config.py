@@ -25,7 +25,7 @@ class _Strict(BaseModel):
 
 
 class ModelSection(_Strict):
-    preset: Literal["tiny", "full"] = "full"
+    preset: Literal["tiny", "mid", "full"] = "full"
     pixart_dir: Path | None = None  # a PixArt-alpha diffusers folder (with transformer/); None: random init
     vae_dir: Path | None = None  # an AutoencoderKL folder (sd-vae-ft-ema); None: tiny random VAE (tests only)
     whisper_dir: Path | None = None  # a Whisper folder (whisper-tiny); None: tiny random Whisper (tests only)

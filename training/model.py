@@ -656,6 +656,16 @@ PRESETS: dict[str, MegActorConfig] = {
         audio_dim=32,
         max_frames=16,
     ),
+    # For CPU benchmarks: a 12-block, 384-wide DiT at 256 px (32x32 latent), whisper-tiny-wide audio.
+    "mid": MegActorConfig(
+        num_layers=12,
+        hidden_size=384,
+        num_heads=6,
+        sample_size=32,
+        reference_blocks=6,
+        audio_dim=384,
+        max_frames=32,
+    ),
 }
 
 

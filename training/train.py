@@ -256,9 +256,11 @@ def _loader(dataset, order: ResumableOrder, epoch: int, start_batch: int, config
 
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    return DataLoader(dataset, batch_sampler=list(order.batch_indices(epoch, start_batch)),
-                      num_workers=config.loader_workers, collate_fn=collate_skip_failed,
-                      persistent_workers=False, prefetch_factor=2 if config.loader_workers else None)
+    workers = config.loader_workers
+    # forkserver, not fork: a Ray worker process runs threads (gRPC), and forking it can deadlock the children
+    return DataLoader(dataset, batch_sampler=list(order.batch_indices(epoch, start_batch)), num_workers=workers,
+                      collate_fn=collate_skip_failed, persistent_workers=False,
+                      prefetch_factor=2 if workers else None, multiprocessing_context="forkserver" if workers else None)
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -334,5 +336,6 @@ def run_training(config: TrainConfig, *, ray_address: str | None = None) -> dict
     if result.error:
         raise result.error
     final = output / "final"
-    return {"metrics": dict(result.metrics or {}), "final_checkpoint": str(final) if final.exists() else None,
-            "steps": config.steps}
+    history = output / "metrics.jsonl"
+    last = json.loads(history.read_text().splitlines()[-1]) if history.is_file() else dict(result.metrics or {})
+    return {"metrics": last, "final_checkpoint": str(final) if final.exists() else None, "steps": config.steps}

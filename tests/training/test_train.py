@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training.components import latent_mask, masked_mse, token_mask
@@ -40,3 +41,34 @@ def test_data_order_is_deterministic_and_resumes_mid_epoch():
     ranks = [set(i for b in ResumableOrder(23, seed=3, rank=r, world=2, batch_size=4).batch_indices(0, 0) for i in b)
              for r in (0, 1)]
     assert not ranks[0] & ranks[1]  # workers see disjoint samples
+
+
+def _tiny(stage: int, manifest, output, **overrides):
+    from training.config import load_train_config
+
+    values = {"model.preset": "tiny", "data.manifest_dir": str(manifest), "data.resolution": 64,
+              "loader_workers": 0, "output": str(output), "checkpoint_every": 2, "steps": 4}
+    values.update(overrides)
+    return load_train_config(stage=stage, overrides=values)
+
+
+def _losses(output) -> dict[int, float]:
+    import json
+
+    lines = (output / "metrics.jsonl").read_text().splitlines()
+    return {row["step"]: row["loss"] for row in map(json.loads, lines)}
+
+
+def test_resume_from_a_checkpoint_reproduces_the_next_losses(tmp_path, tiny_manifest):
+    from training.train import train_loop_per_worker
+
+    straight = tmp_path / "straight"
+    train_loop_per_worker(_tiny(1, tiny_manifest, straight).to_dict())
+    interrupted = tmp_path / "interrupted"
+    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted, steps=2).to_dict())  # stops after step 2
+    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted).to_dict())  # resumes from step-00000002
+    expected, resumed = _losses(straight), _losses(interrupted)
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7)
+    assert expected[3] != expected[4]  # the comparison is between real, changing losses

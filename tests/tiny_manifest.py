@@ -1,0 +1,32 @@
+"""A tiny curated manifest, made by the real curation code (lite profile, no SyncNet, the face threshold lowered
+so that 512 px talking heads are kept) from shared clips: the training tests' and benchmarks' input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CLIPS = ("sadtalker_WDA_KatieHill_000.mp4", "mimictalk_German_20s.mp4")
+
+
+def build_tiny_manifest(videos_dir: Path, work: Path, clips: tuple[str, ...] = CLIPS) -> Path:
+    """Curate ``clips`` into ``work``; returns the manifest directory (every clip kept)."""
+    from curation.config import load_config
+    from curation.inventory import inventory_rows
+    from curation.manifest import read_manifest
+    from curation.pipeline import ShardProcessor
+    from curation.sources import make_source
+
+    source = work / "input"
+    source.mkdir(parents=True, exist_ok=True)
+    for name in clips:
+        if not (source / name).exists():
+            (source / name).symlink_to(Path(videos_dir) / name)
+    config = load_config(None, {"sync.enabled": False, "thresholds.require_lip_sync": False,
+                                "thresholds.face_res_px_min": 150, "runtime.device": "cpu"})
+    rows = inventory_rows(list(make_source("folder", source).iter_files()))
+    ShardProcessor(config, work / "curated").process(0, rows)
+    manifest = work / "curated" / "manifest"
+    kept = [row for row in read_manifest(manifest).to_pylist() if row["keep"]]
+    if len(kept) < len(clips):
+        raise RuntimeError(f"the tiny manifest kept {len(kept)} of {len(clips)} clips")
+    return manifest
