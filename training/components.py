@@ -5,6 +5,7 @@ directories in their published formats; nothing is downloaded."""
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,8 @@ def encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 def training_loss(model, vae, audio_encoder, schedule, batch: dict[str, Any], config: TrainConfig,
                   device: torch.device, generator: torch.Generator) -> torch.Tensor:
-    """PixArt-alpha's noise-prediction MSE for one batch, masked to the region of interest in stage 1."""
+    """PixArt-alpha's loss for one batch (noise MSE + the learned variance's variational bound), masked to the
+    region of interest in stage 1."""
     frames = batch["frames"].to(device)  # (B, F, 3, H, W)
     b, f = frames.shape[:2]
     latents = encode(vae, frames.flatten(0, 1), generator).unflatten(0, (b, f))  # (B, F, 4, h, w)
@@ -162,9 +164,64 @@ def training_loss(model, vae, audio_encoder, schedule, batch: dict[str, Any], co
     prediction = model(noisy, timesteps, reference, batch["driving"].to(device), audio,
                        mouth_query_mask=mouth_query, driving_key_mask=driving_key,
                        audio_mask=audio_mask)  # (B, F, C, h, w)
-    eps = prediction[:, :, :4]
+    eps, variance = prediction[:, :, :4], prediction[:, :, 4:]
     mask = latent_mask(batch["loss_mask"].to(device), latents.shape[-2:]) if config.stage == 1 else None
-    return masked_mse(eps, noise, mask)
+    # PixArt-alpha's (IDDPM's) loss: noise MSE plus the variational bound term that trains the learned variance
+    # (through a mean that does not carry gradient back into the noise prediction)
+    vb = variational_bound(schedule, latents.flatten(0, 1), noisy.flatten(0, 1), eps.detach().flatten(0, 1),
+                           variance.flatten(0, 1), timesteps.repeat_interleave(f)).unflatten(0, (b, f))
+    return masked_mse(eps, noise, mask) + masked_mean(vb, mask)
+
+
+def _normal_kl(mean1, logvar1, mean2, logvar2):
+    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
+
+
+def _discretized_gaussian_nll(x, mean, log_scale):
+    """Negative log-likelihood of ``x`` in [-1, 1] bins of 2/255 under a Gaussian (IDDPM's decoder term at t = 0)."""
+    def cdf(v):
+        return 0.5 * (1.0 + torch.tanh((2.0 / torch.pi) ** 0.5 * (v + 0.044715 * v ** 3)))
+
+    centred, inv_std = x - mean, torch.exp(-log_scale)
+    cdf_plus, cdf_min = cdf(inv_std * (centred + 1 / 255)), cdf(inv_std * (centred - 1 / 255))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1 - cdf_min).clamp(min=1e-12))
+    log_probs = torch.where(x < -0.999, log_cdf_plus, torch.where(
+        x > 0.999, log_one_minus_cdf_min, torch.log((cdf_plus - cdf_min).clamp(min=1e-12))))
+    return -log_probs
+
+
+def variational_bound(schedule, x0, xt, eps, variance_values, t) -> torch.Tensor:
+    """Per-element variational bound (bits) of IDDPM with a learned-range variance: KL between the true
+    posterior q(x_{t-1} | x_t, x_0) and the model's p(x_{t-1} | x_t), the decoder's NLL at t = 0."""
+    betas = schedule.betas.to(xt.device, torch.float64)
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    posterior_variance = betas * (1 - previous) / (1 - alphas_cumprod)
+    posterior_log_variance = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
+    coef_x0 = betas * previous.sqrt() / (1 - alphas_cumprod)
+    coef_xt = (1 - previous) * (1 - betas).sqrt() / (1 - alphas_cumprod)
+
+    def at(values):  # (T,) -> (N, 1, 1, 1) for these timesteps, float32
+        return values[t].float().view(-1, 1, 1, 1)
+
+    x0, xt, eps, variance_values = x0.float(), xt.float(), eps.float(), variance_values.float()
+    true_mean = at(coef_x0) * x0 + at(coef_xt) * xt
+    true_log_variance = at(posterior_log_variance).expand_as(xt)
+    fraction = (variance_values + 1) / 2  # learned range between the posterior's and beta_t's log variance
+    model_log_variance = fraction * torch.log(at(betas)) + (1 - fraction) * at(posterior_log_variance)
+    predicted_x0 = (xt - at((1 - alphas_cumprod).sqrt()) * eps) / at(alphas_cumprod.sqrt())
+    model_mean = at(coef_x0) * predicted_x0 + at(coef_xt) * xt
+    kl = _normal_kl(true_mean, true_log_variance, model_mean, model_log_variance) / math.log(2.0)
+    nll = _discretized_gaussian_nll(x0, model_mean, 0.5 * model_log_variance) / math.log(2.0)
+    return torch.where((t == 0).view(-1, 1, 1, 1), nll, kl)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype).expand_as(values)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def model_patch(model) -> int:
@@ -175,11 +232,8 @@ def model_patch(model) -> int:
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Mean squared error over the pixels where ``mask`` is 1 (broadcast over channels); pixels outside the
     region of interest contribute nothing, whatever their values."""
-    error = (prediction.float() - target.float()) ** 2
-    if mask is None:
-        return error.mean()
-    mask = mask.to(error.dtype).expand_as(error)
-    return (error * mask).sum() / mask.sum().clamp_min(1.0)
+    return masked_mean((prediction.float() - target.float()) ** 2, mask)
+
 
 
 def latent_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -248,19 +248,30 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
 
 
 def _loader(dataset, order: ResumableOrder, epoch: int, start_batch: int, config: TrainConfig):
-    """This epoch's batches from ``start_batch`` on, decoded by ``loader_workers`` processes in parallel. The
-    dataset draws each sample's randomness from (seed, epoch, index), so the workers' order does not matter."""
-    from torch.utils.data import DataLoader
+    """This epoch's batches from ``start_batch`` on, ``loader_workers`` samples decoding at a time, a few batches
+    ahead of the model. Threads, not processes: the decoding runs in ffmpeg subprocesses and OpenCV/numpy, which
+    release the GIL, and a DataLoader's forked (or forkserver) workers hang inside a Ray Train worker. Each
+    sample's randomness comes from (seed, epoch, index), so the order of completion does not matter."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     from training.data import collate_skip_failed
 
     if hasattr(dataset, "set_epoch"):
         dataset.set_epoch(epoch)
-    workers = config.loader_workers
-    # forkserver, not fork: a Ray worker process runs threads (gRPC), and forking it can deadlock the children
-    return DataLoader(dataset, batch_sampler=list(order.batch_indices(epoch, start_batch)), num_workers=workers,
-                      collate_fn=collate_skip_failed, persistent_workers=False,
-                      prefetch_factor=2 if workers else None, multiprocessing_context="forkserver" if workers else None)
+    batches = order.batch_indices(epoch, start_batch)
+    if config.loader_workers == 0:
+        for indices in batches:
+            yield collate_skip_failed([dataset[i] for i in indices])
+        return
+    with ThreadPoolExecutor(config.loader_workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        for indices in batches:
+            pending.append([pool.submit(dataset.__getitem__, i) for i in indices])
+            if len(pending) > 2:  # two batches decoding ahead of the one handed over
+                yield collate_skip_failed([future.result() for future in pending.popleft()])
+        while pending:
+            yield collate_skip_failed([future.result() for future in pending.popleft()])
 
 
 def _rank_and_world() -> tuple[int, int]:

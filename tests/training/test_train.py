@@ -64,11 +64,27 @@ def test_resume_from_a_checkpoint_reproduces_the_next_losses(tmp_path, tiny_mani
 
     straight = tmp_path / "straight"
     train_loop_per_worker(_tiny(1, tiny_manifest, straight).to_dict())
-    interrupted = tmp_path / "interrupted"
-    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted, steps=2).to_dict())  # stops after step 2
-    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted).to_dict())  # resumes from step-00000002
+    interrupted = tmp_path / "interrupted"  # decoding in 2 threads: the order of completion must not matter
+    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted, steps=2, loader_workers=2).to_dict())  # stops at 2
+    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted, loader_workers=2).to_dict())  # resumes from step 2
     expected, resumed = _losses(straight), _losses(interrupted)
     assert sorted(resumed) == [1, 2, 3, 4]
     for step in (3, 4):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7)
     assert expected[3] != expected[4]  # the comparison is between real, changing losses
+
+
+def test_variational_bound_vanishes_for_the_true_posterior_and_grows_away_from_it():
+    from training.components import noise_schedule, variational_bound
+
+    schedule = noise_schedule()
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 4, 8, 8, generator=generator)
+    noise = torch.randn(3, 4, 8, 8, generator=generator)
+    t = torch.tensor([10, 500, 999])
+    xt = schedule.add_noise(x0, noise, t)
+    exact = variational_bound(schedule, x0, xt, noise, -torch.ones_like(x0), t)  # exact noise, posterior variance
+    assert exact.abs().max() < 1e-3
+    wrong_variance = variational_bound(schedule, x0, xt, noise, torch.ones_like(x0), t)
+    wrong_noise = variational_bound(schedule, x0, xt, noise + 0.5, -torch.ones_like(x0), t)
+    assert wrong_variance.mean() > 1e-3 and wrong_noise.mean() > 1e-2
