@@ -23,7 +23,7 @@ from curation.scorers.audio_activity import AudioActivityScorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
 from curation.scorers.sync_syncnet import SyncNetScorer
 
-SCHEMA_VERSION = "1.1"  # 1.1: sync_windows, sync_frame_conf, cascade_stop
+SCHEMA_VERSION = "1.2"  # 1.1: sync_windows, sync_frame_conf, cascade_stop; 1.2: driving_* variant paths
 # Fixed namespace so clip ids are reproducible across machines and runs.
 CLIP_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "megactor-pipeline:clip")
 
@@ -55,6 +55,10 @@ SOURCE = (
     pa.field("audio_sample_rate", pa.int32()),
     pa.field("source_duration_s", pa.float64()),
     pa.field("source_size_bytes", pa.int64()),
+)
+AUGMENTATION = (  # filled by the augmentation stage (face swap, stylization); null until then
+    pa.field("driving_faceswap_path", pa.string()),
+    pa.field("driving_stylized_path", pa.string()),
 )
 DECISION = (
     pa.field("keep", pa.bool_(), nullable=False),
@@ -111,6 +115,9 @@ COLUMN_DOCS = {
     "sync_windows": "number of 5-frame SyncNet windows the scores average over",
     "sync_frame_conf": "per window: median distance minus the window's distance at the best offset, "
                        "median-filtered over 9 windows (the reference's framewise confidence)",
+    "driving_faceswap_path": "a face-swapped version of the clip's span (another identity driving the same "
+                             "motion), time 0 = start_s; null until the augmentation stage has made one",
+    "driving_stylized_path": "a stylized version of the clip's span, time 0 = start_s; null until made",
     "keep": "true when every rule was scored and passed",
     "status": "kept | rejected | pending (nothing failed, some rule not scored) | error",
     "reject_reasons": "every rule the clip failed (snake_case), plus the error reason if any",
@@ -130,7 +137,7 @@ def _documented(fields) -> list[pa.Field]:
 
 SCHEMA = pa.schema(
     _documented(IDENTITY + SOURCE + (pa.field("scene_detector", pa.string()),)
-                + MediaPipeFaceScorer.fields + AudioActivityScorer.fields + SyncNetScorer.fields + DECISION
+                + MediaPipeFaceScorer.fields + AudioActivityScorer.fields + SyncNetScorer.fields + AUGMENTATION + DECISION
                 + VERSIONS),
     metadata={"megactor.schema_version": SCHEMA_VERSION},
 )

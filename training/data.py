@@ -21,8 +21,8 @@ no boxes. Optional variant columns, used when the table has them and the value i
 A variant video covers exactly the clip's span (its time 0 is the clip's ``start_s``) and shows the same view as
 the source, possibly resized: the crop and the masks are scaled by the size ratio. A row without variants drives
 from the real frames only; a row with some variants draws among the available sources with the mix renormalised.
-The manifest schema (1.1) has no such columns yet, so ``read_manifest`` drops them: until the curation schema gains
-them, pass a table that has them (``ManifestDataset(config, stage, table=...)``).
+Both are manifest columns (schema 1.2), null until an augmentation stage fills them; a table can also be passed
+directly (``ManifestDataset(config, stage, table=...)``).
 
 Audio and stages: stage 1 is image level and visual only, and decodes no audio (zeros). In stages 2/3 the
 modality mix needs audio, so clips without an audio stream (``has_audio`` false) are handled by
@@ -44,6 +44,7 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -188,9 +189,15 @@ class ManifestDataset(Dataset):
         self.excluded: Counter[str] = Counter()
         if table is None:
             if not config.manifest_dir:
-                raise ConfigError("data.manifest_dir is empty")
-            table = read_manifest(config.manifest_dir)
+                raise ConfigError("data.manifest_dir is empty: pass --manifest DIR (a curation run's output)")
+            directory = Path(config.manifest_dir)
+            if (directory / "manifest").is_dir():  # a curation run's output directory
+                directory = directory / "manifest"
+            table = read_manifest(directory)
         self.rows = self._select(table)
+        if len(self.rows) == 0:
+            raise ConfigError(f"no clip of {config.manifest_dir or 'the table'} can be used for stage {stage} "
+                              f"({len(table)} rows; excluded: {dict(self.excluded) or 'none'})")
         durations = np.asarray(self.rows.column("duration_s").to_pylist(), dtype=np.float64)
         self._clip_frames = np.floor(durations * config.fps + 1e-6).astype(np.int64)
         self._clip_ids = self.rows.column("clip_id").to_pylist()

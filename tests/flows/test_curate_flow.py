@@ -214,7 +214,7 @@ def test_cli_errors_are_one_line_not_tracebacks(megactor, tmp_path):
 def test_manifest_is_readable_without_our_code(score_all_run):
     output, _, _ = score_all_run
     table = pq.read_table(output / "manifest")
-    assert table.schema.metadata[b"megactor.schema_version"] == b"1.1"
+    assert table.schema.metadata[b"megactor.schema_version"] == b"1.2"
     assert table.schema.field("face_res_px").metadata[b"description"].startswith(b"effective face resolution")
 
 
