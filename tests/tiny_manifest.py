@@ -13,7 +13,7 @@ def build_tiny_manifest(videos_dir: Path, work: Path, clips: tuple[str, ...] = C
     from curation.config import load_config
     from curation.inventory import inventory_rows
     from curation.manifest import read_manifest
-    from curation.pipeline import ShardProcessor
+    from curation.pipeline import ShardProcessor, close_cached_scorers
     from curation.sources import make_source
 
     source = work / "input"
@@ -25,6 +25,7 @@ def build_tiny_manifest(videos_dir: Path, work: Path, clips: tuple[str, ...] = C
                                 "thresholds.face_res_px_min": 150, "runtime.device": "cpu"})
     rows = inventory_rows(list(make_source("folder", source).iter_files()))
     ShardProcessor(config, work / "curated").process(0, rows)
+    close_cached_scorers()  # MediaPipe must be closed before the interpreter's exit tears its threads down
     manifest = work / "curated" / "manifest"
     kept = [row for row in read_manifest(manifest).to_pylist() if row["keep"]]
     if len(kept) < len(clips):

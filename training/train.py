@@ -12,6 +12,7 @@ so a resumed run draws exactly what an uninterrupted one would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -196,52 +197,57 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
 
     # 6. the loop
     while step < config.steps:
-        for batch in _loader(dataset, order, epoch, batch_in_epoch, config):
-            batch_in_epoch += 1
-            # clips that failed to decode were dropped by the collate function (the sampler's batches are full)
-            failures += config.batch_size - (0 if batch is None else len(batch["frames"]))
-            if batch is None:
-                continue  # every clip of this batch failed: skipped, counted, never fatal
-            generator = step_generator(config.seed, step, rank, device)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = components.training_loss(wrapped, vae, audio_encoder, scheduler_noise, batch, config,
-                                                device, generator)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            lr_schedule.step()
-            ema.update(trainable)
-            step += 1
-            last = float(loss.detach())
-            metrics = {"step": step, "loss": last, "grad_norm": float(grad_norm), "lr": lr_schedule.get_last_lr()[0],
-                       "decode_failures": failures}
-            if rank == 0:  # every step's metrics, one JSON line each (TensorBoard gets every log_every-th)
-                with open(Path(config.output).resolve() / "metrics.jsonl", "a") as handle:
-                    handle.write(json.dumps(metrics) + "\n")
-            if writer and (step % config.log_every == 0 or step == config.steps):
-                for key in ("loss", "grad_norm", "lr", "decode_failures"):
-                    writer.add_scalar(f"train/{key}", metrics[key], step)
-                writer.add_scalar("train/samples_per_s", step * config.batch_size * world
-                                  / (time.perf_counter() - started), step)
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                         "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                         "epoch": epoch, "batch_in_epoch": batch_in_epoch, "decode_failures": failures,
-                         "rng": _gather_rng(world),
-                         "config": config.to_dict()}
-                if rank == 0:
-                    save_checkpoint(checkpoint_dir(config) / f"step-{step:08d}", state, config)
-                    prune_checkpoints(config)
-                    if step == config.steps:
-                        save_checkpoint(Path(config.output).resolve() / "final", state, config)
-            _report(metrics)
-            if step >= config.steps:
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
+        epoch_started_at = batch_in_epoch
+        # closing(): a break stops the decoding threads now, not when the generator is collected
+        with contextlib.closing(_loader(dataset, order, epoch, batch_in_epoch, config)) as batches:
+            for batch in batches:
+                batch_in_epoch += 1
+                # clips that failed to decode were dropped by the collate function (the sampler's batches are full)
+                failures += config.batch_size - (0 if batch is None else len(batch["frames"]))
+                if batch is None:
+                    continue  # every clip of this batch failed: skipped, counted, never fatal
+                generator = step_generator(config.seed, step, rank, device)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = components.training_loss(wrapped, vae, audio_encoder, scheduler_noise, batch, config,
+                                                    device, generator)
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.optim.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                lr_schedule.step()
+                ema.update(trainable)
+                step += 1
+                last = float(loss.detach())
+                metrics = {"step": step, "loss": last, "grad_norm": float(grad_norm), "lr": lr_schedule.get_last_lr()[0],
+                           "decode_failures": failures}
+                if rank == 0:  # every step's metrics, one JSON line each (TensorBoard gets every log_every-th)
+                    with open(Path(config.output).resolve() / "metrics.jsonl", "a") as handle:
+                        handle.write(json.dumps(metrics) + "\n")
+                if writer and (step % config.log_every == 0 or step == config.steps):
+                    for key in ("loss", "grad_norm", "lr", "decode_failures"):
+                        writer.add_scalar(f"train/{key}", metrics[key], step)
+                    writer.add_scalar("train/samples_per_s", step * config.batch_size * world
+                                      / (time.perf_counter() - started), step)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
+                             "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "decode_failures": failures,
+                             "rng": _gather_rng(world),
+                             "config": config.to_dict()}
+                    if rank == 0:
+                        save_checkpoint(checkpoint_dir(config) / f"step-{step:08d}", state, config)
+                        prune_checkpoints(config)
+                        if step == config.steps:
+                            save_checkpoint(Path(config.output).resolve() / "final", state, config)
+                _report(metrics)
+                if step >= config.steps:
+                    break
+            else:
+                if batch_in_epoch == epoch_started_at == 0:
+                    raise RuntimeError(f"epoch {epoch} had no batch: {len(dataset)} samples for {world} worker(s)")
+                epoch, batch_in_epoch = epoch + 1, 0
     if writer:
         writer.close()
     log.info("finished at step %d, last loss %s", step, last)

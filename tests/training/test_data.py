@@ -285,8 +285,10 @@ def test_variant_columns_follow_the_driving_mix(rows, videos_dir, tmp_path):
         _ffmpeg("-ss", good["start_s"], "-t", good["duration_s"], "-i", good["source_path"], "-an", "-vf",
                 video_filter, "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", path)
     table = to_table(rows[:2], {"test": "variants"})
-    table = table.append_column(VARIANT_COLUMNS["faceswap"], pa.array([str(faceswap), None], pa.string()))
-    table = table.append_column(VARIANT_COLUMNS["stylized"], pa.array([str(stylized), None], pa.string()))
+    for source, path in (("faceswap", faceswap), ("stylized", stylized)):  # manifest columns since schema 1.2
+        column = VARIANT_COLUMNS[source]
+        table = table.set_column(table.schema.get_field_index(column), column,
+                                 pa.array([str(path), None], pa.string()))
     config = DataConfig(num_frames=4, resolution=64, face_dropout={"both": 1.0}, modality_mix={"visual": 1.0},
                         **NO_AUGMENT)
     dataset = ManifestDataset(config, stage=2, table=table)
