@@ -36,16 +36,16 @@ def _config(preset: str, frames: int, manifest: Path, output: Path):
 
 
 def loader_rate(config, batches: int) -> float:
-    from torch.utils.data import DataLoader
+    """Samples per second from the trainer's own loader (``loader_workers`` decoding threads)."""
+    from training.train import ResumableOrder, _loader
 
     dataset = components.build_dataset(config)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.loader_workers,
-                        collate_fn=collate_skip_failed)
-    started, seen = time.perf_counter(), 0
-    for batch in loader:
-        seen += 0 if batch is None else len(batch["frames"])
-        if seen >= batches * config.batch_size:
-            break
+    order = ResumableOrder(len(dataset), seed=0, rank=0, world=1, batch_size=config.batch_size)
+    started, seen, epoch = time.perf_counter(), 0, 0
+    while seen < batches * config.batch_size:
+        for batch in _loader(dataset, order, epoch, 0, config):
+            seen += 0 if batch is None else len(batch["frames"])
+        epoch += 1
     return seen / (time.perf_counter() - started)
 
 
