@@ -27,11 +27,12 @@ from training.data import collate_skip_failed  # noqa: E402
 RESOLUTION = {"tiny": 64, "mid": 256, "full": 512}
 
 
-def _config(preset: str, frames: int, manifest: Path, output: Path):
-    """Stage 1's config at this preset's resolution (a full preset needs real VAE weights; the others use a
-    small random VAE, whose cost is a small part of a step)."""
+def _config(preset: str, frames: int, manifest: Path, output: Path, vae_dir: str | None, whisper_dir: str | None):
+    """Stage 1's config at this preset's resolution (the full preset needs the real VAE and Whisper folders; the
+    others use a small random VAE, whose cost is a small part of a step)."""
     overrides = {"model.preset": preset, "data.manifest_dir": str(manifest), "data.resolution": RESOLUTION[preset],
-                 "data.num_frames": frames, "loader_workers": 0, "output": str(output)}
+                 "data.num_frames": frames, "loader_workers": 0, "output": str(output),
+                 "model.vae_dir": vae_dir, "model.whisper_dir": whisper_dir}
     return load_train_config(stage=1, overrides=overrides)
 
 
@@ -86,6 +87,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--loader-batches", type=int, default=6)
     parser.add_argument("--loader-workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--vae-dir", help="sd-vae-ft-ema folder (needed by --presets full)")
+    parser.add_argument("--whisper-dir", help="whisper-tiny folder (needed by --presets full)")
     parser.add_argument("--json")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,7 +103,7 @@ def main() -> int:
             manifest = build_tiny_manifest(Path(args.videos), Path(tmp) / "manifest")
         for preset in args.presets:
             for stage, frames in ((1, 1), (3, 16)):
-                config = _config(preset, frames, manifest, Path(tmp) / "out")
+                config = _config(preset, frames, manifest, Path(tmp) / "out", args.vae_dir, args.whisper_dir)
                 if stage == 3:  # stage 3's model and what trains, built fresh (no init_from needed to time it)
                     config = config.with_overrides({"model.use_audio": True, "model.use_temporal": True,
                                                     "trains": ["temporal"]})
