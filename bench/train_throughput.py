@@ -71,9 +71,15 @@ def step_rate(config, steps: int, device: torch.device) -> tuple[float, int]:
         optimizer.zero_grad(set_to_none=True)
 
     one_step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     for _ in range(steps):
         one_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        print(f"{config.model.preset}: peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     elapsed = time.perf_counter() - started
     return steps * config.batch_size / elapsed, sum(p.numel() for p in model.parameters())
 
