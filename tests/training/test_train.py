@@ -88,3 +88,21 @@ def test_variational_bound_vanishes_for_the_true_posterior_and_grows_away_from_i
     wrong_variance = variational_bound(schedule, x0, xt, noise, torch.ones_like(x0), t)
     wrong_noise = variational_bound(schedule, x0, xt, noise + 0.5, -torch.ones_like(x0), t)
     assert wrong_variance.mean() > 1e-3 and wrong_noise.mean() > 1e-2
+
+
+def test_stage_configs_validate_and_refuse_what_is_not_supported(tmp_path):
+    from curation.errors import ConfigError
+    from training.config import load_train_config
+
+    for stage in (1, 2, 3):
+        config = load_train_config(stage=stage)
+        assert config.optim.lr == 1e-5 and config.steps == 30_000 and config.data["resolution"] == 512
+    assert load_train_config(stage=3).trains == ("temporal",)
+    with pytest.raises(ConfigError, match="fsdp"):
+        load_train_config(stage=1, overrides={"strategy": "fsdp"})
+    with pytest.raises(ConfigError, match="init_from"):
+        load_train_config(stage=2, overrides={"init_from": None})
+    with pytest.raises(ConfigError, match="use_temporal"):
+        load_train_config(stage=1, overrides={"trains": ["temporal"]})
+    with pytest.raises(ConfigError, match="data"):
+        load_train_config(stage=1, overrides={"data.no_such_key": 1})
