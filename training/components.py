@@ -49,16 +49,11 @@ def build_audio_encoder(config: TrainConfig, device: torch.device):
     _require(config.model.whisper_dir, "Whisper", "model.whisper_dir", config)
     if config.model.whisper_dir is not None:
         encoder = AudioEncoder.from_pretrained(config.model.whisper_dir)
-    else:  # tests: a one-layer Whisper as wide as the tiny preset's audio features
-        from transformers import WhisperConfig
-
+    else:  # tests and CPU benchmarks: a one-layer Whisper as wide as the preset's audio features
         from training.model import megactor_config
 
-        width = megactor_config(config.model.preset).audio_dim
         torch.manual_seed(0)
-        encoder = AudioEncoder.from_config(WhisperConfig(d_model=width, encoder_layers=1, decoder_layers=1,
-                                                         encoder_attention_heads=2, decoder_attention_heads=2,
-                                                         encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width))
+        encoder = AudioEncoder.tiny(megactor_config(config.model.preset).audio_dim)
     return encoder.to(device).eval().requires_grad_(False)
 
 

@@ -599,6 +599,15 @@ class AudioEncoder(nn.Module):
         return cls(WhisperEncoder(whisper_config), extractor, window_tokens)
 
     @classmethod
+    def tiny(cls, width: int, window_tokens: int = 10) -> AudioEncoder:
+        """A one-layer, randomly initialised Whisper encoder ``width`` wide (tests and CPU benchmarks)."""
+        from transformers import WhisperConfig
+
+        return cls.from_config(WhisperConfig(d_model=width, encoder_layers=1, decoder_layers=1,
+                                             encoder_attention_heads=2, decoder_attention_heads=2,
+                                             encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width), window_tokens)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, window_tokens: int = 10) -> AudioEncoder:
         """From a local Whisper checkpoint directory (model and preprocessor config); never downloads."""
         from transformers import WhisperFeatureExtractor, WhisperModel
