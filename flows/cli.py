@@ -213,6 +213,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.manifest:
         overrides["data.manifest_dir"] = str(Path(args.manifest).resolve())
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
+    if args.config and len(stages) > 1:
+        raise MegactorError("--config names one stage's file; with --stage all, the three embedded stage configs "
+                            "are used (change them with --set, or train the stages one by one)")
     configs = []
     for stage in stages:
         stage_overrides = dict(overrides)
@@ -220,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             stage_overrides["output"] = str(Path(args.output).resolve() / f"stage{stage}")
         if args.stage == "all" and stage > 1:
             stage_overrides["init_from"] = str(Path(configs[-1].output) / "final")  # replaced by the flow too
-        configs.append(load_train_config(args.config if len(stages) == 1 else None, stage=stage,
+        configs.append(load_train_config(args.config, stage=stage,
                                          overrides=stage_overrides))
     from flows.server import LocalPrefectServer
 

@@ -36,10 +36,11 @@ def build_vae(config: TrainConfig, device: torch.device):
     if config.model.vae_dir is not None:
         vae = AutoencoderKL.from_pretrained(str(config.model.vae_dir))
     else:
-        torch.manual_seed(0)
-        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4,
-                            norm_num_groups=8)
+        with torch.random.fork_rng():  # fixed weights, without resetting the trainer's seeded global RNG
+            torch.manual_seed(0)
+            vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                                block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4,
+                                norm_num_groups=8)
     return vae.to(device).eval().requires_grad_(False)
 
 
@@ -52,8 +53,9 @@ def build_audio_encoder(config: TrainConfig, device: torch.device):
     else:  # tests and CPU benchmarks: a one-layer Whisper as wide as the preset's audio features
         from training.model import megactor_config
 
-        torch.manual_seed(0)
-        encoder = AudioEncoder.tiny(megactor_config(config.model.preset).audio_dim)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            encoder = AudioEncoder.tiny(megactor_config(config.model.preset).audio_dim)
     return encoder.to(device).eval().requires_grad_(False)
 
 

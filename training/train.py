@@ -102,6 +102,8 @@ def prune_checkpoints(config: TrainConfig) -> None:
 
 
 def rng_state() -> dict[str, Any]:
+    """The global RNG states (rank 0's, which writes the checkpoint; noise and timesteps come from the per-step
+    generators, so the other ranks' global states do not decide a resumed run's draws)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -186,7 +188,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         failures = state.get("decode_failures", 0)
-        set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0])
+        set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", resume, step)
 
     if rank == 0:
@@ -234,7 +236,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                     state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                              "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
                              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "decode_failures": failures,
-                             "rng": _gather_rng(world),
+                             "rng": rng_state(),
                              "config": config.to_dict()}
                     if rank == 0:
                         save_checkpoint(checkpoint_dir(config) / f"step-{step:08d}", state, config)
@@ -302,12 +304,6 @@ def _prepare(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
     if _rank_and_world()[1] == 1:
         return model  # nothing to synchronise
     return prepare_model(model, parallel_strategy=config.strategy)
-
-
-def _gather_rng(world: int) -> list[dict[str, Any]]:
-    # each worker saves its own RNG state alongside; rank 0 writes the file, so keep its state for all ranks
-    # (the per-step generators, not these, drive noise and timesteps)
-    return [rng_state()] * world
 
 
 def _report(metrics: dict[str, Any]) -> None:

@@ -150,6 +150,7 @@ class SyncNetScorer(Scorer):
         def crops() -> Iterator[np.ndarray]:
             for _, rgb in media.iter_frames(clip.path, clip.probe, start_s=clip.start_s,
                                             duration_s=clip.duration_s, fps=25):
+                self.counters["frames_decoded"] += 1
                 bgr = np.ascontiguousarray(rgb[:, :, ::-1])
                 yield bgr if bgr.shape[:2] == (224, 224) else cv2.resize(bgr, (224, 224))
 
