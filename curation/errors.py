@@ -58,3 +58,7 @@ class MissingDependencyError(MegactorError):
 
 class ShardsFailedError(MegactorError):
     """A run finished but some shards failed; rerunning the same command retries them (CLI exit status 1)."""
+
+
+class TrainingError(MegactorError):
+    """Training stopped: a worker failed (its message is carried), or the data left nothing to train on."""

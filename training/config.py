@@ -53,10 +53,11 @@ class TrainConfig(_Strict):
     optim: OptimSection = OptimSection()
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: refused for now (see _check)
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # fsdp: parameters, gradients and optimizer state sharded per block
     num_workers: int = Field(1, ge=1)  # Ray Train workers (one per GPU)
     use_gpu: Literal["auto", True, False] = "auto"
-    loader_workers: int = Field(4, ge=0)  # DataLoader processes per training worker
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts after a failure (-1: no limit); each resumes
+    loader_workers: int = Field(4, ge=0)  # decoding threads per training worker (0: decode in the loop)
     checkpoint_every: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     log_every: int = Field(10, ge=1)
@@ -72,9 +73,9 @@ class TrainConfig(_Strict):
             raise ValueError("trains includes 'audio' but model.use_audio is false")
         if "temporal" in self.trains and not self.model.use_temporal:
             raise ValueError("trains includes 'temporal' but model.use_temporal is false")
-        if self.strategy == "fsdp":  # said at start rather than failing on the first checkpoint
-            raise ValueError("strategy 'fsdp' is not supported yet: the optimizer must be built after sharding and "
-                             "checkpoints need FSDP's gathered state dicts, neither of which is in place; use 'ddp'")
+        if self.strategy == "fsdp" and self.precision == "fp16":  # said at start, not at the first step
+            raise ValueError("precision 'fp16' needs a gradient scaler, which is not wired for FSDP's sharded "
+                             "gradients: use 'bf16' (or 'auto') with strategy 'fsdp'")
         if self.stage > 1 and self.init_from is None:
             raise ValueError(f"stage {self.stage} initialises from the previous stage's checkpoint: set init_from")
         return self

@@ -283,13 +283,18 @@ class MegActorBlock(BasicTransformerBlock):
         reference_states: torch.Tensor | None = None,
         audio_states: torch.Tensor | None = None,
         audio_weight: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        attention_input_only: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """x (B*F, N, D), timestep (B*F, 6D) -> (x, the self-attention input), the latter being what the reference
-        transformer hands over to the denoiser."""
+        transformer hands over to the denoiser. `attention_input_only` stops there and returns (None, input): the
+        reference transformer's last block needs no more (a keyword of forward, not a method, so that FSDP and
+        DDP wrappers see the call)."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
             self.scale_shift_table[None] + timestep.reshape(x.shape[0], 6, -1)
         ).chunk(6, dim=1)  # each (B*F, 1, D)
         attn_input = self.norm1(x) * (1 + scale_msa) + shift_msa  # (B*F, N, D)
+        if attention_input_only:
+            return None, attn_input
         x = x + gate_msa * self.attn1(
             attn_input, attention_mask=attention_mask, extra_kv_states=reference_states
         )  # (B*F, N, D)
@@ -346,13 +351,26 @@ class ReferenceTransformer(nn.Module):
         x = self.pos_embed(reference_latent)  # (B, N, D)
         timestep = torch.zeros(batch, device=x.device, dtype=torch.long)
         t_mod, _ = self.adaln_single(timestep, batch_size=batch, hidden_dtype=x.dtype)  # (B, 6D)
-        first = self.config.num_layers - n_blocks
+        first, last = self.config.num_layers - n_blocks, self.config.num_layers - 1
         states = []
         for i, block in enumerate(self.transformer_blocks):
+            if i == last:  # only its self-attention input is read: its attention and feed-forward are not run
+                states.append(block(x, t_mod, attention_input_only=True)[1])
+                break
             x, attn_input = _run_block(block, self.gradient_checkpointing, x, t_mod)  # (B, N, D) x 2
             if i >= first:
                 states.append(attn_input)
         return states  # reference_blocks x (B, N, D)
+
+    def unread_parameter_names(self) -> list[str]:
+        """Parameters the forward never reads (names relative to this module): the last block's attention and
+        feed-forward, or everything when no block hands features over. Kept, so that PixArt-alpha's weights load
+        unchanged, but never trained: they would get no gradient."""
+        if self.config.reference_blocks == 0:
+            return [name for name, _ in self.named_parameters()]
+        last = f"transformer_blocks.{self.config.num_layers - 1}."
+        return [name for name, _ in self.named_parameters()
+                if name.startswith(last) and name != last + "scale_shift_table"]
 
 
 class Denoiser(nn.Module):
@@ -387,7 +405,7 @@ class Denoiser(nn.Module):
         audio_states: torch.Tensor | None = None,
         audio_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B*F, 4+M, h, w), timesteps (B,), reference_states R x (B, N, D) -> (B*F, out_channels, h, w)."""
+        """x (B*F, 4+M, h, w), timesteps (B,), reference_states R x (B, N, D) -> (B, F, out_channels, h, w)."""
         bf, _, h, w = x.shape
         batch, p = bf // num_frames, self.config.patch_size
         tokens = self.pos_embed(x)  # (B*F, N, D)
@@ -410,7 +428,8 @@ class Denoiser(nn.Module):
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).chunk(2, dim=1)  # (B*F, 1, D) x 2
         tokens = self.proj_out(self.norm_out(tokens) * (1 + scale) + shift)  # (B*F, N, p*p*C)
         tokens = tokens.reshape(bf, h // p, w // p, p, p, self.config.out_channels)
-        return torch.einsum("nhwpqc->nchpwq", tokens).reshape(bf, self.config.out_channels, h, w)
+        # a new tensor, not a view: DDP/FSDP hook the output, and a view invites in-place edits that bypass them
+        return torch.einsum("nhwpqc->nchpwq", tokens).reshape(batch, num_frames, self.config.out_channels, h, w)
 
 
 class MegActorModel(nn.Module):
@@ -449,8 +468,7 @@ class MegActorModel(nn.Module):
         if audio_features is not None and self.config.use_audio:
             audio_states = audio_features.flatten(0, 1).to(x.dtype)  # (B*F, T, audio_dim)
             audio_weight = audio_residual_weight(audio_scale, audio_mask, batch, frames, x)  # (B*F, 1, 1)
-        out = self.denoiser(x, timesteps, frames, attention_mask, reference, audio_states, audio_weight)
-        return out.unflatten(0, (batch, frames))  # (B, F, out_channels, h, w)
+        return self.denoiser(x, timesteps, frames, attention_mask, reference, audio_states, audio_weight)
 
     def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.denoiser.gradient_checkpointing = enabled
@@ -458,12 +476,16 @@ class MegActorModel(nn.Module):
 
     def parameter_groups(self) -> dict[str, dict[str, nn.Parameter]]:
         """Named parameters by what a stage may train: denoiser (less audio/temporal), reference, driven_encoder,
-        audio (the audio attention layers), temporal. Every parameter is in exactly one group."""
+        audio (the audio attention layers), temporal, and unread (what the forward never reads: see
+        ReferenceTransformer.unread_parameter_names; no stage trains it). Every parameter is in exactly one group."""
         groups: dict[str, dict[str, nn.Parameter]] = {
-            k: {} for k in ("denoiser", "reference", "driven_encoder", "audio", "temporal")
+            k: {} for k in ("denoiser", "reference", "driven_encoder", "audio", "temporal", "unread")
         }
+        unread = {"reference." + name for name in self.reference.unread_parameter_names()}
         for name, param in self.named_parameters():
-            if ".audio_attn." in name:
+            if name in unread:
+                groups["unread"][name] = param
+            elif ".audio_attn." in name:
                 groups["audio"][name] = param
             elif ".temporal." in name:
                 groups["temporal"][name] = param

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import yaml
 
-from training import components
+from curation.errors import MegactorError, TrainingError
+from training import components, distributed
 from training.components import STATE_FILE
 from training.config import TrainConfig
 
@@ -121,7 +122,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # -- the EMA -----------------------------------------------------------------------------------------------------
 
 class EMA:
-    """Exponential moving average of the trainable parameters (fp32), the weights used for inference."""
+    """Exponential moving average of the trainable parameters (fp32), the weights used for inference. Under FSDP
+    each worker keeps the average of its own shards; the checkpoint holds the gathered, full tensors."""
 
     def __init__(self, named: dict[str, torch.nn.Parameter], decay: float):
         self.decay = decay
@@ -133,10 +135,13 @@ class EMA:
             self.shadow[name].lerp_(p.detach().float(), 1.0 - self.decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
+        """Full tensors on the CPU (a collective under FSDP: every worker calls it, in the same order)."""
+        return {name: distributed.full(value).cpu() for name, value in self.shadow.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()}
+        if state.keys() != self.shadow.keys():
+            raise ValueError(f"the checkpoint's EMA holds other parameters ({len(state)} vs {len(self.shadow)})")
+        self.shadow = {name: distributed.like(state[name].float(), self.shadow[name]) for name in self.shadow}
 
 
 # -- the loop ----------------------------------------------------------------------------------------------------
@@ -146,23 +151,25 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     from training.config import validate
 
     config = validate(config_dict, origin="trainer")
-    rank, world = _rank_and_world()
+    rank, world = distributed.rank_and_world()
     device = resolve_device(config)
-    random.seed(config.seed + rank)
-    np.random.seed(config.seed + rank)
-    torch.manual_seed(config.seed + rank)
 
-    # 1. frozen parts and the model
+    # 1. frozen parts and the model, initialised alike on every worker (FSDP keeps each worker's own shard)
+    torch.manual_seed(config.seed)
     vae = components.build_vae(config, device)
     audio_encoder = components.build_audio_encoder(config, device) if config.model.use_audio else None
     model = components.build_model(config).to(device)
     scheduler_noise = components.noise_schedule()
+    random.seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    torch.manual_seed(config.seed + rank)
 
-    # 2. what trains
-    trainable = components.set_trainable(model, config.trains)
+    # 2. what trains, then data parallelism (FSDP replaces the parameters with shards: collect them after)
+    components.set_trainable(model, config.trains)
     if config.model.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    wrapped = _prepare(model, config)
+    wrapped = distributed.wrap(model, config.strategy, device)
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
 
     # 3. data, in an order that a checkpoint can resume exactly
     dataset = components.build_dataset(config)
@@ -181,9 +188,9 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     resume = latest_checkpoint(config)
     if resume is not None:
         state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        distributed.load_model_state(model, state["model"])
         ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         lr_schedule.load_state_dict(state["lr_schedule"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -199,15 +206,19 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
 
     # 6. the loop
     while step < config.steps:
-        epoch_started_at = batch_in_epoch
+        epoch_started_at, step_at_epoch_start = batch_in_epoch, step
         # closing(): a break stops the decoding threads now, not when the generator is collected
         with contextlib.closing(_loader(dataset, order, epoch, batch_in_epoch, config)) as batches:
             for batch in batches:
                 batch_in_epoch += 1
-                # clips that failed to decode were dropped by the collate function (the sampler's batches are full)
-                failures += config.batch_size - (0 if batch is None else len(batch["frames"]))
-                if batch is None:
-                    continue  # every clip of this batch failed: skipped, counted, never fatal
+                # clips that failed to decode were dropped by the collate function (the sampler's batches are
+                # full); counted over all workers, and a step that any worker has nothing for is skipped by all
+                # of them, so that they stay in step (a collective waits for every worker)
+                failed, empty = distributed.sum_over_workers(
+                    [config.batch_size - (0 if batch is None else len(batch["frames"])), int(batch is None)], device)
+                failures += failed
+                if empty:
+                    continue  # every clip of some worker's batch failed: skipped, counted, never fatal
                 generator = step_generator(config.seed, step, rank, device)
                 with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                     loss = components.training_loss(wrapped, vae, audio_encoder, scheduler_noise, batch, config,
@@ -221,9 +232,9 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                 lr_schedule.step()
                 ema.update(trainable)
                 step += 1
-                last = float(loss.detach())
-                metrics = {"step": step, "loss": last, "grad_norm": float(grad_norm), "lr": lr_schedule.get_last_lr()[0],
-                           "decode_failures": failures}
+                last = distributed.mean_over_workers(loss)
+                metrics = {"step": step, "loss": last, "grad_norm": float(distributed.full(grad_norm)),
+                           "lr": lr_schedule.get_last_lr()[0], "decode_failures": failures}
                 if rank == 0:  # every step's metrics, one JSON line each (TensorBoard gets every log_every-th)
                     with open(Path(config.output).resolve() / "metrics.jsonl", "a") as handle:
                         handle.write(json.dumps(metrics) + "\n")
@@ -233,8 +244,9 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                     writer.add_scalar("train/samples_per_s", step * config.batch_size * world
                                       / (time.perf_counter() - started), step)
                 if step % config.checkpoint_every == 0 or step == config.steps:
-                    state = {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                             "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                    # gathered on every worker (collectives under FSDP), written by rank 0
+                    state = {"model": distributed.model_state(model), "ema": ema.state_dict(),
+                             "optimizer": distributed.optimizer_state(model, optimizer), "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
                              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "decode_failures": failures,
                              "rng": rng_state(),
                              "config": config.to_dict()}
@@ -248,7 +260,11 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                     break
             else:
                 if batch_in_epoch == epoch_started_at == 0:
-                    raise RuntimeError(f"epoch {epoch} had no batch: {len(dataset)} samples for {world} worker(s)")
+                    raise TrainingError(f"epoch {epoch} had no batch: {len(dataset)} samples for {world} worker(s)")
+                if epoch_started_at == 0 and step == step_at_epoch_start:  # a whole epoch, and not one step
+                    raise TrainingError(f"epoch {epoch} trained nothing: {failures} clip(s) failed to decode so far "
+                                       f"and every batch of the epoch had a worker with nothing left; check the "
+                                       f"manifest's source paths")
                 epoch, batch_in_epoch = epoch + 1, 0
     if writer:
         writer.close()
@@ -282,30 +298,6 @@ def _loader(dataset, order: ResumableOrder, epoch: int, start_batch: int, config
             yield collate_skip_failed([future.result() for future in pending.popleft()])
 
 
-def _rank_and_world() -> tuple[int, int]:
-    try:
-        import ray.train
-
-        context = ray.train.get_context()
-        return context.get_world_rank(), context.get_world_size()
-    except Exception:  # called directly, outside Ray Train
-        return 0, 1
-
-
-def _prepare(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
-    try:
-        import ray.train
-
-        ray.train.get_context()
-    except Exception:
-        return model
-    from ray.train.torch import prepare_model
-
-    if _rank_and_world()[1] == 1:
-        return model  # nothing to synchronise
-    return prepare_model(model, parallel_strategy=config.strategy)
-
-
 def _report(metrics: dict[str, Any]) -> None:
     try:
         import ray.train
@@ -329,7 +321,7 @@ def run_training(config: TrainConfig, *, ray_address: str | None = None) -> dict
     the last metrics and the final checkpoint's path. Rerunning the same config resumes from its newest
     checkpoint."""
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     output = Path(config.output).resolve()
@@ -338,17 +330,50 @@ def run_training(config: TrainConfig, *, ray_address: str | None = None) -> dict
     use_gpu = torch.cuda.is_available() if config.use_gpu == "auto" else bool(config.use_gpu)
     if not ray.is_initialized():
         ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True,
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MEGACTOR_")}})
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("MEGACTOR_")},
+                              "worker_process_setup_hook": "training.train.quiet_ray_workers"})
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=use_gpu),
-        run_config=RunConfig(name=f"stage{config.stage}", storage_path=str(output / "ray")),
+        # a restarted worker group resumes from the newest checkpoint in `output` (preemptions: always retried)
+        run_config=RunConfig(name=f"stage{config.stage}", storage_path=str(output / "ray"),
+                             failure_config=FailureConfig(max_failures=config.max_failures)),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as error:  # Ray Train raises a worker's failure from fit() as well as returning it
+        raise training_error(error, config) from error
     if result.error:
-        raise result.error
+        raise training_error(result.error, config) from result.error
     final = output / "final"
     history = output / "metrics.jsonl"
     last = json.loads(history.read_text().splitlines()[-1]) if history.is_file() else dict(result.metrics or {})
     return {"metrics": last, "final_checkpoint": str(final) if final.exists() else None, "steps": config.steps}
+
+
+def quiet_ray_workers() -> None:
+    """Ray's worker setup hook: without the dashboard (not started, to keep a laptop run light) Ray Train's
+    placement-group cleaner cannot query actor states and warns about it every second of the run."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def training_error(error: BaseException, config: TrainConfig) -> TrainingError:
+    """Ray Train's failure as one readable message: each failed worker's own error, last line first."""
+    failures = getattr(error, "worker_failures", None) or {}
+    if not failures:
+        return TrainingError(f"stage {config.stage} failed: {_last_line(error)}")
+    lines = [f"stage {config.stage} failed on {len(failures)} worker(s):"]
+    lines += [f"  worker {rank}: {_last_line(failure)}" for rank, failure in sorted(failures.items())]
+    return TrainingError("\n".join(lines))
+
+
+def _last_line(error: BaseException) -> str:
+    """A worker's exception arrives wrapped with its remote traceback; its last line names the error."""
+    cause = getattr(error, "cause", None) or error.__cause__
+    if isinstance(cause, BaseException) and cause is not error:
+        return _last_line(cause)
+    if isinstance(error, MegactorError):  # ours: written to be read whole
+        return str(error)
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__

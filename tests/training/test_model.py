@@ -192,12 +192,25 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
 def test_parameter_groups_partition_the_parameters():
     model = make_model()
     groups = model.parameter_groups()
-    assert set(groups) == {"denoiser", "reference", "driven_encoder", "audio", "temporal"}
+    assert set(groups) == {"denoiser", "reference", "driven_encoder", "audio", "temporal", "unread"}
     names = [n for g in groups.values() for n in g]
     assert sorted(names) == sorted(n for n, _ in model.named_parameters())
     assert all(".temporal." in n for n in groups["temporal"]) and groups["temporal"]
     assert all(".audio_attn." in n for n in groups["audio"]) and groups["audio"]
     assert "denoiser.pos_embed.proj.weight" in groups["denoiser"]
+
+
+def test_every_trainable_parameter_gets_a_gradient_and_no_unread_one_does():
+    """What distributed training relies on: DDP fails on a trainable parameter without a gradient."""
+    model, inputs = make_model(), make_inputs()
+    audio = torch.randn(B, F_, 5, model.config.audio_dim)
+    model(**inputs, audio_features=audio).square().mean().backward()
+    groups = model.parameter_groups()
+    assert groups["unread"] and all(p.grad is None for p in groups["unread"].values())
+    missing = [n for g, named in groups.items() if g != "unread" for n, p in named.items() if p.grad is None]
+    assert not missing
+    no_reference = make_model(reference_blocks=0).parameter_groups()
+    assert not no_reference["reference"] and no_reference["unread"]
 
 
 # 5. loading PixArt-α -------------------------------------------------------------------------------------------

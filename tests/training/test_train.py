@@ -98,11 +98,37 @@ def test_stage_configs_validate_and_refuse_what_is_not_supported(tmp_path):
         config = load_train_config(stage=stage)
         assert config.optim.lr == 1e-5 and config.steps == 30_000 and config.data["resolution"] == 512
     assert load_train_config(stage=3).trains == ("temporal",)
-    with pytest.raises(ConfigError, match="fsdp"):
-        load_train_config(stage=1, overrides={"strategy": "fsdp"})
+    assert load_train_config(stage=1, overrides={"strategy": "fsdp"}).strategy == "fsdp"
+    with pytest.raises(ConfigError, match="fp16"):
+        load_train_config(stage=1, overrides={"strategy": "fsdp", "precision": "fp16"})
     with pytest.raises(ConfigError, match="init_from"):
         load_train_config(stage=2, overrides={"init_from": None})
     with pytest.raises(ConfigError, match="use_temporal"):
         load_train_config(stage=1, overrides={"trains": ["temporal"]})
     with pytest.raises(ConfigError, match="data"):
         load_train_config(stage=1, overrides={"data.no_such_key": 1})
+
+
+def test_a_manifest_whose_clips_all_fail_stops_with_a_message(tmp_path, tiny_manifest):
+    from curation.errors import TrainingError
+    from tests.training.test_distributed import _manifest_with_missing_clips
+    from training.train import train_loop_per_worker
+
+    manifest = _manifest_with_missing_clips(tiny_manifest, tmp_path / "manifest", copies=1, missing=2)
+    with pytest.raises(TrainingError, match="trained nothing: 2 clip"):
+        train_loop_per_worker(_tiny(1, manifest, tmp_path / "out").to_dict())
+
+
+def test_a_failed_worker_is_reported_in_one_readable_message():
+    from ray.train import WorkerGroupError
+
+    from curation.errors import TrainingError
+    from training.config import load_train_config
+    from training.train import training_error
+
+    config = load_train_config(stage=1)
+    failure = WorkerGroupError("...", {1: RuntimeError("Traceback ...\n  File x\nValueError: bad shape"),
+                                       0: TrainingError("epoch 0 trained nothing")})
+    message = str(training_error(failure, config))
+    assert message.splitlines() == ["stage 1 failed on 2 worker(s):", "  worker 0: epoch 0 trained nothing",
+                                    "  worker 1: ValueError: bad shape"]
