@@ -47,7 +47,8 @@ class TrainConfig(_Strict):
     init_from: Path | None = None  # the previous stage's checkpoint directory (stage 1: None)
     trains: tuple[str, ...]  # parameter groups that train (everything else is frozen)
     steps: int = Field(30_000, ge=1)  # per stage (the paper's)
-    batch_size: int = Field(1, ge=1)  # per worker
+    batch_size: int = Field(1, ge=1)  # per worker and micro-batch
+    accumulate: int = Field(1, ge=1)  # micro-batches per optimizer step (global batch: batch x accumulate x workers)
     model: ModelSection = ModelSection()
     data: dict[str, Any] = {}  # training.data.DataConfig fields (checked at start)
     optim: OptimSection = OptimSection()

@@ -198,8 +198,7 @@ class ManifestDataset(Dataset):
         if len(self.rows) == 0:
             raise ConfigError(f"no clip of {config.manifest_dir or 'the table'} can be used for stage {stage} "
                               f"({len(table)} rows; excluded: {dict(self.excluded) or 'none'})")
-        durations = np.asarray(self.rows.column("duration_s").to_pylist(), dtype=np.float64)
-        self._clip_frames = np.floor(durations * config.fps + 1e-6).astype(np.int64)
+        self._clip_frames = _usable_frames(self.rows, config.fps)
         self._clip_ids = self.rows.column("clip_id").to_pylist()
         self._has_audio = np.asarray([bool(v) for v in self.rows.column("has_audio").to_pylist()])
         self._variants = {
@@ -214,8 +213,7 @@ class ManifestDataset(Dataset):
             table = table.filter(pc.fill_null(pc.equal(table["keep"], True), False))
             self.excluded["not_kept"] += total - len(table)
         keep = np.ones(len(table), dtype=bool)
-        durations = np.asarray(table.column("duration_s").to_pylist(), dtype=np.float64)
-        too_short = np.floor(durations * self.config.fps + 1e-6) < max(self.config.segment_frames, 2)
+        too_short = _usable_frames(table, self.config.fps) < max(self.config.segment_frames, 2)
         no_face = np.asarray(table.column("face_box").is_null().to_pylist(), dtype=bool)
         no_audio = ~np.asarray([bool(v) for v in table.column("has_audio").to_pylist()], dtype=bool)
         for reason, mask in (("too_short", too_short), ("no_face_track", no_face),
@@ -380,6 +378,23 @@ def collate_skip_failed(batch: list[dict[str, Any] | None]) -> dict[str, Any] | 
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+END_MARGIN_S = 0.1  # how much longer than its video a container may say it is (audio priming and padding)
+
+
+def _usable_frames(table: pa.Table, fps: float) -> np.ndarray:
+    """Frames of each clip that a sample may use. A clip that ends where its source ends takes its end from the
+    container's duration, which covers the audio too and can outlast the last video frame (e.g. 8.064 s for
+    200 frames at 25 fps): its last ``END_MARGIN_S`` are left out, so that no plan asks for a frame that is
+    not there."""
+    durations = np.asarray(table.column("duration_s").to_pylist(), dtype=np.float64)
+    frames = np.floor(durations * fps + 1e-6).astype(np.int64)
+    if "source_duration_s" in table.column_names:
+        ends = np.asarray(table.column("end_s").to_pylist(), dtype=np.float64)
+        sources = np.asarray([np.nan if v is None else v for v in table.column("source_duration_s").to_pylist()],
+                             dtype=np.float64)
+        at_end = np.nan_to_num(ends - sources, nan=-1.0) > -1e-3
+        frames = frames - at_end * int(np.ceil(END_MARGIN_S * fps))
+    return np.maximum(frames, 0)
 def _probe_from_row(row: dict[str, Any]) -> media.ProbeResult:
     """The probe columns the manifest stored (no ffprobe per sample); a row without a size is probed."""
     if not row.get("width") or not row.get("height"):

@@ -8,6 +8,8 @@ without torch.distributed."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -54,6 +56,21 @@ def wrap(model: torch.nn.Module, strategy: str, device: torch.device) -> torch.n
         fully_shard(model, mesh=mesh)
         return model
     raise ValueError(f"unknown strategy {strategy!r}")
+
+
+@contextlib.contextmanager
+def gradient_sync(wrapped: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Around a micro-batch's forward and backward: gradients are synchronised across workers only when
+    ``enabled`` (the last micro-batch of an optimizer step); before, each worker accumulates its own."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(wrapped, DistributedDataParallel) and not enabled:
+        with wrapped.no_sync():
+            yield
+        return
+    if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP: unsharded gradients kept until the last one
+        wrapped.set_requires_gradient_sync(enabled)
+    yield
 
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)

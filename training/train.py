@@ -7,8 +7,9 @@ PixArt-alpha or the previous stage; (2) freeze what the stage does not train; (3
 encode, noise, predict, masked loss, step, EMA, log, checkpoint.
 
 A checkpoint is one dict (``state.pt``): model, EMA, optimizer, scheduler, step, data position (epoch, batch),
-the RNG states, and the config. Noise and timesteps are drawn from a generator derived from (seed, step, rank),
-so a resumed run draws exactly what an uninterrupted one would."""
+the RNG states, and the config. Noise and timesteps are drawn from a generator derived from (seed, micro-batch,
+rank), so a resumed run draws exactly what an uninterrupted one would. With ``accumulate`` > 1 an optimizer step
+takes that many micro-batches, gradients synchronised across workers on the last one."""
 
 from __future__ import annotations
 
@@ -202,11 +203,13 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         Path(config.output).resolve().mkdir(parents=True, exist_ok=True)
     writer = _tensorboard(config) if rank == 0 else None
     amp = autocast_dtype(config, device)
-    started, last = time.perf_counter(), None
+    started, last, first_step = time.perf_counter(), None, step
+    micro, micro_losses = 0, []  # micro-batches accumulated towards the next optimizer step
+    skipped_in_a_row = 0
 
     # 6. the loop
     while step < config.steps:
-        epoch_started_at, step_at_epoch_start = batch_in_epoch, step
+        epoch_started_at = batch_in_epoch
         # closing(): a break stops the decoding threads now, not when the generator is collected
         with contextlib.closing(_loader(dataset, order, epoch, batch_in_epoch, config)) as batches:
             for batch in batches:
@@ -217,13 +220,27 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                 failed, empty = distributed.sum_over_workers(
                     [config.batch_size - (0 if batch is None else len(batch["frames"])), int(batch is None)], device)
                 failures += failed
-                if empty:
-                    continue  # every clip of some worker's batch failed: skipped, counted, never fatal
-                generator = step_generator(config.seed, step, rank, device)
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                    loss = components.training_loss(wrapped, vae, audio_encoder, scheduler_noise, batch, config,
-                                                    device, generator)
-                scaler.scale(loss).backward()
+                if empty:  # every clip of some worker's batch failed: skipped and counted
+                    skipped_in_a_row += 1
+                    if skipped_in_a_row >= 2 * order.batches_per_epoch():  # samples differ per epoch: two
+                        raise TrainingError(f"nothing trained in the last {skipped_in_a_row} batches (two epochs): "
+                                            f"{failures} clip(s) failed to decode so far and each of those "
+                                            f"batches had a worker with nothing left; check the manifest's "
+                                            f"source paths")
+                    continue
+                skipped_in_a_row = 0
+                # gradient accumulation: `accumulate` micro-batches per optimizer step, gradients synchronised
+                # across workers on the last one only
+                generator = step_generator(config.seed, step * config.accumulate + micro, rank, device)
+                with distributed.gradient_sync(wrapped, micro + 1 == config.accumulate):
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        loss = components.training_loss(wrapped, vae, audio_encoder, scheduler_noise, batch, config,
+                                                        device, generator)
+                    scaler.scale(loss / config.accumulate).backward()
+                micro_losses.append(loss.detach())
+                micro += 1
+                if micro < config.accumulate:
+                    continue
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.optim.grad_clip)
                 scaler.step(optimizer)
@@ -232,7 +249,8 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                 lr_schedule.step()
                 ema.update(trainable)
                 step += 1
-                last = distributed.mean_over_workers(loss)
+                last = distributed.mean_over_workers(torch.stack(micro_losses).mean())
+                micro, micro_losses = 0, []
                 metrics = {"step": step, "loss": last, "grad_norm": float(distributed.full(grad_norm)),
                            "lr": lr_schedule.get_last_lr()[0], "decode_failures": failures}
                 if rank == 0:  # every step's metrics, one JSON line each (TensorBoard gets every log_every-th)
@@ -241,12 +259,13 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                 if writer and (step % config.log_every == 0 or step == config.steps):
                     for key in ("loss", "grad_norm", "lr", "decode_failures"):
                         writer.add_scalar(f"train/{key}", metrics[key], step)
-                    writer.add_scalar("train/samples_per_s", step * config.batch_size * world
-                                      / (time.perf_counter() - started), step)
+                    writer.add_scalar("train/samples_per_s", (step - first_step) * config.batch_size * world
+                                      * config.accumulate / (time.perf_counter() - started), step)
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     # gathered on every worker (collectives under FSDP), written by rank 0
                     state = {"model": distributed.model_state(model), "ema": ema.state_dict(),
-                             "optimizer": distributed.optimizer_state(model, optimizer), "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                             "optimizer": distributed.optimizer_state(model, optimizer),
+                             "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
                              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "decode_failures": failures,
                              "rng": rng_state(),
                              "config": config.to_dict()}
@@ -261,10 +280,6 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
             else:
                 if batch_in_epoch == epoch_started_at == 0:
                     raise TrainingError(f"epoch {epoch} had no batch: {len(dataset)} samples for {world} worker(s)")
-                if epoch_started_at == 0 and step == step_at_epoch_start:  # a whole epoch, and not one step
-                    raise TrainingError(f"epoch {epoch} trained nothing: {failures} clip(s) failed to decode so far "
-                                       f"and every batch of the epoch had a worker with nothing left; check the "
-                                       f"manifest's source paths")
                 epoch, batch_in_epoch = epoch + 1, 0
     if writer:
         writer.close()

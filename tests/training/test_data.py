@@ -312,3 +312,23 @@ def test_variant_columns_follow_the_driving_mix(rows, videos_dir, tmp_path):
         pa.array([str(tmp_path / "gone.mp4"), None], pa.string())))
     fallback = broken[(epoch, 0)]
     assert fallback["driving_source"] == "real" and broken.failures["variant_probe_failed"] == 1
+
+
+def test_no_plan_asks_for_a_frame_past_the_end_of_the_video(tiny_manifest, videos_dir, monkeypatch):
+    """sadtalker_WDA_KatieHill_000.mp4's container says 8.064 s (its audio) and its video holds 200 frames
+    (8.0 s): a clip that ends at the source's end must not plan frames 200 or 201."""
+    import dataclasses
+
+    dataset = _dataset(tiny_manifest, stage=1, num_frames=1)
+    paths = dataset.rows.column("source_path").to_pylist()
+    for index, path in enumerate(paths):
+        probe = media.probe(path)
+        video_frames = probe.n_frames
+        assert video_frames and dataset._clip_frames[index] <= video_frames, Path(path).name
+        # the last frame any plan can name, as segment and reference, decodes
+        last = int(dataset._clip_frames[index]) - dataset.config.segment_frames
+        plan = dataclasses.replace(dataset.sample_plan(index, 0), start_frame=last, reference_frame=last)
+        monkeypatch.setattr(dataset, "sample_plan", lambda *_args, plan=plan: plan)
+        assert dataset[index] is not None, Path(path).name
+        monkeypatch.undo()
+    assert any(media.probe(p).duration_s > media.probe(p).n_frames / media.probe(p).fps_avg for p in paths)

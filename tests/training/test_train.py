@@ -59,14 +59,17 @@ def _losses(output) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in map(json.loads, lines)}
 
 
-def test_resume_from_a_checkpoint_reproduces_the_next_losses(tmp_path, tiny_manifest):
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_resume_from_a_checkpoint_reproduces_the_next_losses(tmp_path, tiny_manifest, accumulate):
     from training.train import train_loop_per_worker
 
-    straight = tmp_path / "straight"
-    train_loop_per_worker(_tiny(1, tiny_manifest, straight).to_dict())
+    straight = tmp_path / "straight"  # accumulate 3: steps straddle the 2-batch epochs
+    train_loop_per_worker(_tiny(1, tiny_manifest, straight, accumulate=accumulate).to_dict())
     interrupted = tmp_path / "interrupted"  # decoding in 2 threads: the order of completion must not matter
-    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted, steps=2, loader_workers=2).to_dict())  # stops at 2
-    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted, loader_workers=2).to_dict())  # resumes from step 2
+    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted, steps=2, loader_workers=2,
+                                accumulate=accumulate).to_dict())  # stops at 2
+    train_loop_per_worker(_tiny(1, tiny_manifest, interrupted, loader_workers=2,
+                                accumulate=accumulate).to_dict())  # resumes from step 2
     expected, resumed = _losses(straight), _losses(interrupted)
     assert sorted(resumed) == [1, 2, 3, 4]
     for step in (3, 4):
@@ -115,7 +118,7 @@ def test_a_manifest_whose_clips_all_fail_stops_with_a_message(tmp_path, tiny_man
     from training.train import train_loop_per_worker
 
     manifest = _manifest_with_missing_clips(tiny_manifest, tmp_path / "manifest", copies=1, missing=2)
-    with pytest.raises(TrainingError, match="trained nothing: 2 clip"):
+    with pytest.raises(TrainingError, match="nothing trained in the last 4 batches .*: 4 clip"):
         train_loop_per_worker(_tiny(1, manifest, tmp_path / "out").to_dict())
 
 
@@ -128,7 +131,7 @@ def test_a_failed_worker_is_reported_in_one_readable_message():
 
     config = load_train_config(stage=1)
     failure = WorkerGroupError("...", {1: RuntimeError("Traceback ...\n  File x\nValueError: bad shape"),
-                                       0: TrainingError("epoch 0 trained nothing")})
+                                       0: TrainingError("nothing trained")})
     message = str(training_error(failure, config))
-    assert message.splitlines() == ["stage 1 failed on 2 worker(s):", "  worker 0: epoch 0 trained nothing",
+    assert message.splitlines() == ["stage 1 failed on 2 worker(s):", "  worker 0: nothing trained",
                                     "  worker 1: ValueError: bad shape"]
