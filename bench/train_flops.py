@@ -86,7 +86,7 @@ def model_flops(stage: int, frames: int) -> dict[str, int]:
             noisy=torch.empty(1, frames, 4, LATENT, LATENT), timesteps=torch.zeros(1, dtype=torch.long),
             reference_latent=torch.empty(1, 4, LATENT, LATENT),
             driving=torch.empty(1, frames, 3, RESOLUTION, RESOLUTION),
-            audio_features=torch.empty(1, frames, 10, config.audio_dim) if setup["use_audio"] else None,
+            audio_features=torch.empty(1, frames, 50, config.audio_dim) if setup["use_audio"] else None,  # 10 x 5
             mouth_query_mask=torch.zeros(1, frames, tokens, dtype=torch.bool),
             driving_key_mask=torch.zeros(1, frames, tokens, dtype=torch.bool),
         )

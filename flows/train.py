@@ -10,6 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from curation.errors import TrainingError
 from training.config import TrainConfig
 from training.train import run_training
 
@@ -42,6 +43,6 @@ def train_all(configs: list[TrainConfig], ray_address: str | None = None) -> lis
         result = train_stage(config, ray_address=ray_address)
         previous = result["final_checkpoint"]
         if previous is None:
-            raise RuntimeError(f"stage {config.stage} left no final checkpoint in {Path(config.output)}")
+            raise TrainingError(f"stage {config.stage} left no final checkpoint in {Path(config.output)}")
         results.append(result)
     return results

@@ -49,13 +49,14 @@ def build_audio_encoder(config: TrainConfig, device: torch.device):
 
     _require(config.model.whisper_dir, "Whisper", "model.whisper_dir", config)
     if config.model.whisper_dir is not None:
-        encoder = AudioEncoder.from_pretrained(config.model.whisper_dir)
+        encoder = AudioEncoder.from_pretrained(config.model.whisper_dir, layers=config.model.whisper_layers)
     else:  # tests and CPU benchmarks: a one-layer Whisper as wide as the preset's audio features
         from training.model import megactor_config
 
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            encoder = AudioEncoder.tiny(megactor_config(config.model.preset).audio_dim)
+            encoder = AudioEncoder.tiny(megactor_config(config.model.preset).audio_dim,
+                                        layers=config.model.whisper_layers)
     return encoder.to(device).eval().requires_grad_(False)
 
 

@@ -29,6 +29,8 @@ class ModelSection(_Strict):
     pixart_dir: Path | None = None  # a PixArt-alpha diffusers folder (with transformer/); None: random init
     vae_dir: Path | None = None  # an AutoencoderKL folder (sd-vae-ft-ema); None: tiny random VAE (tests only)
     whisper_dir: Path | None = None  # a Whisper folder (whisper-tiny); None: tiny random Whisper (tests only)
+    whisper_layers: int | None = Field(None, ge=1)  # hidden states per token, the last ones (None: all, as the
+    # authors' code: whisper-tiny's embedding output and 4 layers, 10 tokens x 5 = 50 per frame)
     use_audio: bool = False
     use_temporal: bool = False
     gradient_checkpointing: bool = False

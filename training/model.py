@@ -597,53 +597,62 @@ def load_pixart_weights(model: MegActorModel, pixart_state: dict[str, torch.Tens
 
 
 class AudioEncoder(nn.Module):
-    """Frozen Whisper encoder: 16 kHz waveforms (B, S) -> per-video-frame tokens (B, F, window_tokens, d_model).
+    """Frozen Whisper encoder: 16 kHz waveforms (B, S) -> per-video-frame tokens (B, F, window_tokens x layers,
+    d_model).
 
     Whisper's encoder emits 50 tokens per second over a fixed window (30 s for released models; longer audio is
     encoded in consecutive windows). Frame i (at `fps`) gets the `window_tokens` tokens centred on its middle
-    instant, edges clamped: at 25 fps the default 10 tokens are the frame and two frames either side."""
+    instant, edges clamped: at 25 fps the default 10 tokens are the frame and two frames either side. Each token
+    is taken from the last `layers` hidden states (None: all of them, the embedding output and every layer, as
+    the authors' code does with whisper-tiny: 10 tokens x 5 = 50 per frame; 1: the last layer only)."""
 
-    def __init__(self, encoder: nn.Module, feature_extractor, window_tokens: int = 10):
+    def __init__(self, encoder: nn.Module, feature_extractor, window_tokens: int = 10, layers: int | None = None):
         super().__init__()
         self.encoder = encoder.eval().requires_grad_(False)
         self.feature_extractor = feature_extractor
         self.window_tokens = window_tokens
+        available = encoder.config.encoder_layers + 1  # the embedding output and each layer's
+        if layers is not None and not 1 <= layers <= available:
+            raise ValueError(f"layers must be 1..{available} for this Whisper encoder, got {layers}")
+        self.layers = layers or available
         conv_stride = encoder.conv1.stride[0] * encoder.conv2.stride[0]
         self.window_samples = encoder.config.max_source_positions * conv_stride * feature_extractor.hop_length
         self.token_rate = feature_extractor.sampling_rate / (feature_extractor.hop_length * conv_stride)
 
     @classmethod
-    def from_config(cls, whisper_config, window_tokens: int = 10) -> AudioEncoder:
+    def from_config(cls, whisper_config, window_tokens: int = 10, layers: int | None = None) -> AudioEncoder:
         from transformers import WhisperFeatureExtractor
         from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
         extractor = WhisperFeatureExtractor(feature_size=whisper_config.num_mel_bins)
-        return cls(WhisperEncoder(whisper_config), extractor, window_tokens)
+        return cls(WhisperEncoder(whisper_config), extractor, window_tokens, layers)
 
     @classmethod
-    def tiny(cls, width: int, window_tokens: int = 10) -> AudioEncoder:
+    def tiny(cls, width: int, window_tokens: int = 10, layers: int | None = None) -> AudioEncoder:
         """A one-layer, randomly initialised Whisper encoder ``width`` wide (tests and CPU benchmarks)."""
         from transformers import WhisperConfig
 
         return cls.from_config(WhisperConfig(d_model=width, encoder_layers=1, decoder_layers=1,
                                              encoder_attention_heads=2, decoder_attention_heads=2,
-                                             encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width), window_tokens)
+                                             encoder_ffn_dim=2 * width, decoder_ffn_dim=2 * width),
+                               window_tokens, layers)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, window_tokens: int = 10) -> AudioEncoder:
+    def from_pretrained(cls, path: str | Path, window_tokens: int = 10, layers: int | None = None) -> AudioEncoder:
         """From a local Whisper checkpoint directory (model and preprocessor config); never downloads."""
         from transformers import WhisperFeatureExtractor, WhisperModel
 
         extractor = WhisperFeatureExtractor.from_pretrained(str(path), local_files_only=True)
         encoder = WhisperModel.from_pretrained(str(path), local_files_only=True).get_encoder()
-        return cls(encoder, extractor, window_tokens)
+        return cls(encoder, extractor, window_tokens, layers)
 
     def train(self, mode: bool = True) -> AudioEncoder:
         return super().train(False)  # always frozen
 
     @torch.no_grad()
     def encode(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """(B, S) at 16 kHz -> (B, ceil(S * rate / 16000), d) encoder tokens."""
+        """(B, S) at 16 kHz -> (B, ceil(S * rate / 16000), layers, d): each token from the last `layers` hidden
+        states."""
         device = next(self.encoder.parameters()).device
         n_tokens = math.ceil(waveforms.shape[1] * self.token_rate / self.feature_extractor.sampling_rate)
         chunks = []
@@ -656,17 +665,18 @@ class AudioEncoder(nn.Module):
                 padding="max_length",
                 return_tensors="pt",
             ).input_features  # (B, mels, 2 * max_source_positions)
-            chunks.append(self.encoder(mel.to(device, self.encoder.dtype)).last_hidden_state)  # (B, tokens, d)
+            hidden = self.encoder(mel.to(device, self.encoder.dtype), output_hidden_states=True).hidden_states
+            chunks.append(torch.stack(hidden[-self.layers:], dim=2))  # (B, tokens, layers, d)
         return torch.cat(chunks, dim=1)[:, :n_tokens]
 
     def forward(self, waveforms: torch.Tensor, num_frames: int, fps: float, offset_s: float = 0.0) -> torch.Tensor:
         """``offset_s``: where the first frame starts in the waveform (audio context kept before it)."""
-        tokens = self.encode(waveforms)  # (B, S_tok, d)
+        tokens = self.encode(waveforms)  # (B, S_tok, L, d)
         frame_middle_s = (torch.arange(num_frames, device=tokens.device) + 0.5) / fps + offset_s
         centre = (frame_middle_s * self.token_rate).floor().long()
         index = centre[:, None] - self.window_tokens // 2 + torch.arange(self.window_tokens, device=tokens.device)
         index = index.clamp(0, tokens.shape[1] - 1)  # (F, T)
-        return tokens[:, index]  # (B, F, T, d)
+        return tokens[:, index].flatten(2, 3)  # (B, F, T * L, d)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -34,10 +34,13 @@ def _state(output) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_manifest):
     """Two micro-batches per step: gradients are synchronised on the second only (DDP's no_sync, FSDP's
-    requires_gradient_sync), so the comparisons below also cover accumulation."""
+    requires_gradient_sync), so the comparisons below also cover accumulation; the FSDP run also checkpoints
+    activations."""
     root = tmp_path_factory.mktemp("distributed")
     run_workers(_config(1, tiny_manifest, root / "ddp", strategy="ddp", accumulate=2))
-    run_workers(_config(1, tiny_manifest, root / "fsdp", strategy="fsdp", accumulate=2))
+    # with gradient checkpointing: recomputing a sharded block in the backward gathers its weights again
+    run_workers(_config(1, tiny_manifest, root / "fsdp", strategy="fsdp", accumulate=2,
+                        **{"model.gradient_checkpointing": True}))
     # interrupted under FSDP at step 2, resumed under DDP: the checkpoint does not depend on the strategy
     run_workers(_config(1, tiny_manifest, root / "switch", strategy="fsdp", accumulate=2, steps=2))
     run_workers(_config(1, tiny_manifest, root / "switch", strategy="ddp", accumulate=2))

@@ -309,15 +309,23 @@ def test_audio_encoder_windows_tokens_per_frame_and_stays_frozen(tmp_path):
     assert encoder.window_samples == 16000 and encoder.token_rate == 50
     waveform = torch.randn(2, 20480) * 0.1  # 1.28 s: 32 frames at 25 fps, two encoder windows
     features = encoder(waveform, num_frames=32, fps=25)
-    assert features.shape == (2, 32, 10, 32)
+    assert features.shape == (2, 32, 10 * 2, 32)  # every hidden state: the embedding output and the layer's
     tokens = encoder.encode(waveform)
-    assert tokens.shape == (2, 64, 32)
-    torch.testing.assert_close(features[:, 5], tokens[:, 6:16])  # frame 5 and two frames either side
-    torch.testing.assert_close(features[:, 0, :4], tokens[:, :1].expand(-1, 4, -1))  # clamped at the start
+    assert tokens.shape == (2, 64, 2, 32)
+    torch.testing.assert_close(features[:, 5], tokens[:, 6:16].flatten(1, 2))  # frame 5 and two either side
+    torch.testing.assert_close(features[:, 0, :8], tokens[:, :1].expand(-1, 4, -1, -1).flatten(1, 2))  # clamped
+    # the last layer alone is Whisper's own last_hidden_state, token for token
+    last = AudioEncoder(encoder.encoder, encoder.feature_extractor, layers=1)
+    mel = encoder.feature_extractor(list(waveform[:, :16000].numpy()), sampling_rate=16000, max_length=16000,
+                                    padding="max_length", return_tensors="pt").input_features
+    torch.testing.assert_close(last.encode(waveform[:, :16000])[:, :, 0], encoder.encoder(mel).last_hidden_state)
+    assert last(waveform, num_frames=32, fps=25).shape == (2, 32, 10, 32)
+    with pytest.raises(ValueError, match="layers must be 1..2"):
+        AudioEncoder(encoder.encoder, encoder.feature_extractor, layers=3)
     assert not any(p.requires_grad for p in encoder.parameters())
     assert not encoder.train().encoder.training
 
     WhisperModel(config).save_pretrained(tmp_path)
     encoder.feature_extractor.save_pretrained(tmp_path)
     loaded = AudioEncoder.from_pretrained(tmp_path)
-    assert loaded(waveform, num_frames=32, fps=25).shape == (2, 32, 10, 32)
+    assert loaded(waveform, num_frames=32, fps=25).shape == (2, 32, 20, 32)
