@@ -14,7 +14,6 @@ meaningless but the cost is the same, and since SyncNet is the last stage no cas
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _report import emit  # noqa: E402
 
 from curation.config import load_config  # noqa: E402
 from curation.inventory import inventory_rows  # noqa: E402
@@ -102,10 +102,7 @@ def main() -> int:
         "frames_decoded_ratio": round(gated["frames_decoded"] / base["frames_decoded"], 3),
         "input_rejected_by_gate_without_decoding_pct": round(100 * gated["video_s_gate_rejected"] / input_s, 1),
     }
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":

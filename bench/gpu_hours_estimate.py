@@ -13,7 +13,6 @@ DWPose models' FLOPs (published) and the effective GPU throughput.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _report import emit  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from curation import media  # noqa: E402
@@ -127,10 +127,7 @@ def main() -> int:
         "latentsync_video_hours_per_gpu_hour": LATENTSYNC_VIDEO_HOURS_PER_GPU_HOUR,
         "command": "python bench/gpu_hours_estimate.py " + " ".join(sys.argv[1:]),
     }
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":

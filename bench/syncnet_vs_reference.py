@@ -16,7 +16,6 @@ test removes that difference by giving both the same pixels).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from _report import emit  # noqa: E402
 
 from curation import weights  # noqa: E402
 from curation.config import SyncConfig  # noqa: E402
@@ -90,10 +90,7 @@ def main() -> int:
         "reference": {"offset": theirs[0], "sync_c": round(theirs[1], 4), "sync_d": round(theirs[2], 4)},
         "command": "python bench/syncnet_vs_reference.py " + " ".join(sys.argv[1:]),
     }
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ as such); the FLOP counts and state sizes are exact for these shapes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from _report import emit  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from training.model import MegActorModel, megactor_config  # noqa: E402
@@ -148,10 +148,7 @@ def main() -> int:
                              "on_the_fly_pflop": round(on_the_fly / 1e15, 1),
                              "encode_every_frame_once_pflop": round(dataset_frames * per_image / 1e15, 1)},
         }
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ shape (16 frames) and stage 1's (1 frame).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+from _report import emit  # noqa: E402
 
 from training import components  # noqa: E402
 from training.config import load_train_config  # noqa: E402
@@ -120,10 +120,7 @@ def main() -> int:
                     loading = config.with_overrides({"loader_workers": workers})
                     figures[key][f"loader_samples_per_s_{workers}_workers"] = round(
                         loader_rate(loading, args.loader_batches), 3)
-    print(json.dumps(figures, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
-    return 0
+    return emit(figures, args.json)
 
 
 if __name__ == "__main__":
