@@ -93,6 +93,10 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.8, 1.2)
     aspect_prob: float = 0.5
     aspect_range: tuple[float, float] = (0.8, 1.25)  # width/height stretch, drawn log-uniformly
+    color_prob: float = 0.5  # colour jitter (the paper lists colour augmentation; the ranges are ours)
+    brightness_range: tuple[float, float] = (0.8, 1.2)  # factors, each drawn uniformly
+    contrast_range: tuple[float, float] = (0.8, 1.2)  # about the driven region's mean
+    saturation_range: tuple[float, float] = (0.8, 1.2)  # away from each pixel's luma
     audio_sample_rate: int = 16000
     audio_context_s: float = 0.2  # audio kept on each side of the segment (Whisper context); zeros past the clip
     audioless: str = "drop"  # stages 2/3: "drop" clips without audio, or use them as "visual"-only samples
@@ -113,10 +117,10 @@ class DataConfig:
         self.face_dropout = _weights("face_dropout", self.face_dropout, DROPOUT_CHOICES)
         if self.driving_mix["real"] <= 0:
             raise ConfigError("data.driving_mix['real'] must be > 0: clips without variants drive from real frames")
-        for name in ("grayscale_prob", "scale_prob", "aspect_prob"):
+        for name in ("grayscale_prob", "scale_prob", "aspect_prob", "color_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("scale_range", "aspect_range"):
+        for name in ("scale_range", "aspect_range", "brightness_range", "contrast_range", "saturation_range"):
             low, high = (float(v) for v in getattr(self, name))
             if not 0 < low <= high:
                 raise ConfigError(f"data.{name} must be (low, high) with 0 < low <= high, got {getattr(self, name)}")
@@ -159,6 +163,7 @@ class SamplePlan:
     grayscale: bool
     scale: float  # driving-frame zoom about the centre (1.0: none)
     aspect: float  # driving-frame width/height stretch (1.0: none)
+    color: tuple[float, float, float] = (1.0, 1.0, 1.0)  # brightness, contrast, saturation factors (1: none)
 
 
 class ManifestDataset(Dataset):
@@ -261,10 +266,14 @@ class ManifestDataset(Dataset):
         scale = float(rng.uniform(*cfg.scale_range)) if rng.random() < cfg.scale_prob else 1.0
         aspect = (float(np.exp(rng.uniform(*np.log(cfg.aspect_range)))) if rng.random() < cfg.aspect_prob
                   else 1.0)
+        color = (1.0, 1.0, 1.0)
+        if rng.random() < cfg.color_prob:  # drawn last: the draws above stay what they were without it
+            color = tuple(float(rng.uniform(*r)) for r in (cfg.brightness_range, cfg.contrast_range,
+                                                           cfg.saturation_range))
         return SamplePlan(index=index, epoch=epoch, clip_id=self._clip_ids[index], start_frame=start,
                           reference_frame=reference, modality=modality, drive_eyes=drive_eyes,
                           drive_mouth=drive_mouth, driving_source=source, grayscale=grayscale, scale=scale,
-                          aspect=aspect)
+                          aspect=aspect, color=color)
 
     # -- the sample ------------------------------------------------------------------------------------------
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any] | None:
@@ -489,9 +498,9 @@ def _box_masks(track: list[dict[str, Any]], key: str, times: np.ndarray, crop: t
 
 
 def _augment_driving(frames: np.ndarray, driven: np.ndarray, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the driven regions (black elsewhere), then zoom/stretch about the centre (black borders) and
-    grayscale, the same for every frame of the sample. Returns the frames (F,R,R,3) uint8 and the driven
-    region in their geometry (F,R,R) float32."""
+    """Keep the driven regions (black elsewhere), then zoom/stretch about the centre (black borders), colour
+    jitter and grayscale, the same for every frame of the sample. Returns the frames (F,R,R,3) uint8 and the
+    driven region in their geometry (F,R,R) float32."""
     driving = frames * driven[..., None].astype(np.uint8)
     mask = driven
     if plan.scale != 1.0 or plan.aspect != 1.0:
@@ -504,10 +513,29 @@ def _augment_driving(frames: np.ndarray, driven: np.ndarray, plan: SamplePlan) -
         mask = np.stack([cv2.warpAffine(m, affine, (size, size), flags=cv2.INTER_NEAREST, borderValue=0)
                          for m in mask])
         driving = driving * (mask[..., None] > 0)  # bilinear edges do not bleed past the region
+    if plan.color != (1.0, 1.0, 1.0):
+        driving = _jitter_colour(driving, mask > 0, *plan.color)
     if plan.grayscale:
-        gray = (driving.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)).round()
+        gray = (driving.astype(np.float32) @ _LUMA).round()
         driving = np.repeat(gray[..., None], 3, axis=-1)
     return np.ascontiguousarray(driving.astype(np.uint8)), np.ascontiguousarray(mask.astype(np.float32))
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def _jitter_colour(frames: np.ndarray, inside: np.ndarray, brightness: float, contrast: float,
+                   saturation: float) -> np.ndarray:
+    """(F,R,R,3) uint8 -> uint8: brightness scales, contrast pulls towards or away from the driven region's mean
+    (one mean for the whole sample), saturation towards or away from each pixel's luma; outside the region
+    stays black."""
+    x = frames.astype(np.float32) * brightness
+    if inside.any():
+        mean = float(x[inside].mean())
+        x = (x - mean) * contrast + mean
+    luma = (x @ _LUMA)[..., None]
+    x = luma + (x - luma) * saturation
+    return (np.clip(x, 0, 255).round() * inside[..., None]).astype(np.uint8)
 
 
 def _to_signed(frames: np.ndarray) -> torch.Tensor:

@@ -40,7 +40,7 @@ CLIPS = (
     ("latentsync_demo1_video.mp4", 0.0, 3.0),
     ("liveportrait_d0_noaudio.mp4", 0.0, 3.12),
 )
-NO_AUGMENT = {"grayscale_prob": 0.0, "scale_prob": 0.0, "aspect_prob": 0.0}
+NO_AUGMENT = {"grayscale_prob": 0.0, "scale_prob": 0.0, "aspect_prob": 0.0, "color_prob": 0.0}
 
 
 def _row(path: Path, start: float, end: float, face: dict, keep: bool = True, real: Path | None = None) -> dict:
@@ -196,13 +196,33 @@ def test_driving_frames_keep_only_the_driven_regions(manifest_dir, dropout):
 
 def test_augmented_driving_frames_stay_black_outside_the_moved_region(manifest_dir):
     dataset = _dataset(manifest_dir, stage=1, face_dropout={"both": 1.0}, grayscale_prob=1.0, scale_prob=1.0,
-                       aspect_prob=1.0, scale_range=(0.7, 0.75))
+                       aspect_prob=1.0, scale_range=(0.7, 0.75), color_prob=1.0)
     sample = dataset[0]
     driving, region = sample["driving"], sample["driving_mask"].expand(-1, 3, -1, -1)
     assert torch.count_nonzero(driving[region == 0]) == 0
     assert torch.equal(driving[:, 0], driving[:, 1]) and torch.equal(driving[:, 1], driving[:, 2])  # gray
     eyes_or_mouth = torch.maximum(sample["eye_mask"], sample["mouth_mask"])
     assert sample["driving_mask"].sum() < 0.7 * eyes_or_mouth.sum()  # zoomed out to ~0.7 x 0.7 of the area
+
+
+def test_colour_jitter_moves_brightness_contrast_and_saturation_inside_the_region_only():
+    from training.data import _jitter_colour
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(40, 200, size=(2, 16, 16, 3)).astype(np.uint8)
+    inside = np.zeros((2, 16, 16), dtype=bool)
+    inside[:, 4:12, 4:12] = True
+    frames[~inside] = 0  # as the driving frames arrive: black outside the driven region
+    same = _jitter_colour(frames, inside, 1.0, 1.0, 1.0)
+    assert np.abs(same.astype(int) - frames).max() <= 1
+    brighter = _jitter_colour(frames, inside, 1.2, 1.0, 1.0)
+    assert np.allclose(brighter[inside], np.clip(frames[inside] * 1.2, 0, 255), atol=1)
+    flat = _jitter_colour(frames, inside, 1.0, 0.0, 1.0)  # no contrast: one value, the region's mean
+    assert np.ptp(flat[inside]) <= 1 and abs(float(flat[inside].mean()) - float(frames[inside].mean())) < 1
+    gray = _jitter_colour(frames, inside, 1.0, 1.0, 0.0)  # no saturation: R = G = B
+    assert np.abs(gray[inside].astype(int) - gray[inside][:, :1]).max() <= 1
+    for out in (brighter, flat, gray):
+        assert not out[~inside].any()
 
 
 def test_masks_land_on_the_face(manifest_dir, faces):
