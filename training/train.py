@@ -153,6 +153,10 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
 
     config = validate(config_dict, origin="trainer")
     rank, world = distributed.rank_and_world()
+    launched = _ray_world_size()
+    if launched is not None and launched != world:  # each worker would train a model of its own, unnoticed
+        raise TrainingError(f"Ray Train started {launched} workers but torch.distributed sees {world}: the process "
+                            f"group was not set up")
     device = resolve_device(config)
 
     # 1. frozen parts and the model, initialised alike on every worker (FSDP keeps each worker's own shard)
@@ -252,7 +256,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                 last = distributed.mean_over_workers(torch.stack(micro_losses).mean())
                 micro, micro_losses = 0, []
                 metrics = {"step": step, "loss": last, "grad_norm": float(distributed.full(grad_norm)),
-                           "lr": lr_schedule.get_last_lr()[0], "decode_failures": failures}
+                           "lr": lr_schedule.get_last_lr()[0], "decode_failures": failures, "workers": world}
                 if rank == 0:  # every step's metrics, one JSON line each (TensorBoard gets every log_every-th)
                     with open(Path(config.output).resolve() / "metrics.jsonl", "a") as handle:
                         handle.write(json.dumps(metrics) + "\n")
@@ -311,6 +315,16 @@ def _loader(dataset, order: ResumableOrder, epoch: int, start_batch: int, config
                 yield collate_skip_failed([future.result() for future in pending.popleft()])
         while pending:
             yield collate_skip_failed([future.result() for future in pending.popleft()])
+
+
+def _ray_world_size() -> int | None:
+    """The number of workers Ray Train started, or None outside Ray Train."""
+    try:
+        import ray.train
+
+        return ray.train.get_context().get_world_size()
+    except Exception:
+        return None
 
 
 def _report(metrics: dict[str, Any]) -> None:

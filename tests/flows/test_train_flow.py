@@ -54,3 +54,20 @@ def test_stage_1_freezes_nothing_it_should_train(trained):
     state = _state(output / "stage1")
     assert state["step"] == 2 and set(state["config"]["trains"]) == {"denoiser", "reference", "driven_encoder"}
     assert len(state["ema"]) > 0 and state["optimizer"]["state"]
+
+
+def test_two_ray_train_workers_shard_the_model_with_fsdp(tmp_path, megactor, tiny_manifest):
+    """Ray Train's own launch (process group, ranks) with two CPU workers and FSDP, through the CLI."""
+    output = tmp_path / "fsdp"
+    megactor("train", "--stage", "1", "--manifest", str(tiny_manifest.parent), "--output", str(output),
+             "--set", "model.preset=tiny", "--set", "data.resolution=64", "--set", "steps=2",
+             "--set", "loader_workers=0", "--set", "num_workers=2", "--set", "strategy=fsdp", timeout=900)
+    run = output / "stage1"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in lines] == [1, 2] and all(row["workers"] == 2 for row in lines)
+    state = _state(run)
+    from training.model import MegActorModel, megactor_config
+
+    fresh = MegActorModel(megactor_config("tiny", use_audio=False, use_temporal=False)).state_dict()
+    assert state["model"].keys() == fresh.keys()  # gathered whole, under the model's own names
+    assert all(state["model"][k].shape == v.shape for k, v in fresh.items())
