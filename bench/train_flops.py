@@ -129,7 +129,7 @@ def main() -> int:
     for stage in (1, 2, 3):
         stage_config = load_train_config(stage=stage)
         frames = stage_config.data["num_frames"]
-        vae = vae_encode_flops(frames + 1)  # the target frames and the reference frame
+        vae = per_image * (frames + 1)  # the target frames and the reference frame (the encoder is per image)
         on_the_fly = stage_config.steps * args.global_batch * (frames + 1) * per_image
         audio = whisper if STAGES[stage]["use_audio"] else 0
         model = model_flops(stage, frames)

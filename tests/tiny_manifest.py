@@ -31,3 +31,23 @@ def build_tiny_manifest(videos_dir: Path, work: Path, clips: tuple[str, ...] = C
     if len(kept) < len(clips):
         raise RuntimeError(f"the tiny manifest kept {len(kept)} of {len(clips)} clips")
     return manifest
+
+
+def manifest_with_missing_clips(tiny_manifest: Path, directory: Path, copies: int, missing: int) -> Path:
+    """The tiny manifest's rows ``copies`` times over (new clip ids), the first ``missing`` pointing nowhere."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (part,) = sorted(tiny_manifest.glob("*.parquet"))
+    table = pq.read_table(part)
+    tables = []
+    for copy in range(copies):
+        ids = [f"{clip}-{copy}" for clip in table.column("clip_id").to_pylist()]
+        tables.append(table.set_column(table.schema.get_field_index("clip_id"), "clip_id", [ids]))
+    table = pa.concat_tables(tables)
+    paths = table.column("source_path").to_pylist()
+    paths[:missing] = [str(directory / f"missing-{n}.mp4") for n in range(missing)]
+    directory.mkdir()
+    pq.write_table(table.set_column(table.schema.get_field_index("source_path"), "source_path", [paths]),
+                   directory / part.name)
+    return directory

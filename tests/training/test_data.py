@@ -341,8 +341,8 @@ def test_no_plan_asks_for_a_frame_past_the_end_of_the_video(tiny_manifest, video
 
     dataset = _dataset(tiny_manifest, stage=1, num_frames=1)
     paths = dataset.rows.column("source_path").to_pylist()
-    for index, path in enumerate(paths):
-        probe = media.probe(path)
+    probes = [media.probe(path) for path in paths]
+    for index, (path, probe) in enumerate(zip(paths, probes, strict=True)):
         video_frames = probe.n_frames
         assert video_frames and dataset._clip_frames[index] <= video_frames, Path(path).name
         # the last frame any plan can name, as segment and reference, decodes
@@ -351,4 +351,4 @@ def test_no_plan_asks_for_a_frame_past_the_end_of_the_video(tiny_manifest, video
         monkeypatch.setattr(dataset, "sample_plan", lambda *_args, plan=plan: plan)
         assert dataset[index] is not None, Path(path).name
         monkeypatch.undo()
-    assert any(media.probe(p).duration_s > media.probe(p).n_frames / media.probe(p).fps_avg for p in paths)
+    assert any(probe.duration_s > probe.n_frames / probe.fps_avg for probe in probes)  # the case is present

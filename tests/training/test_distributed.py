@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
 import pytest
 import torch
 
+from tests.tiny_manifest import manifest_with_missing_clips
 from tests.training.workers import run_workers
 
 
@@ -83,30 +83,11 @@ def test_stage_3_under_fsdp_trains_only_the_temporal_layers(runs, tiny_manifest,
     assert outputs and all(end[n].abs().sum() > 0 for n in outputs)  # zero-initialised, now trained
 
 
-def _manifest_with_missing_clips(tiny_manifest, directory, copies: int, missing: int):
-    """The tiny manifest's rows ``copies`` times over (new clip ids), the first ``missing`` pointing nowhere."""
-    import pyarrow as pa
-
-    (part,) = sorted(tiny_manifest.glob("*.parquet"))
-    table = pq.read_table(part)
-    tables = []
-    for copy in range(copies):
-        ids = [f"{clip}-{copy}" for clip in table.column("clip_id").to_pylist()]
-        tables.append(table.set_column(table.schema.get_field_index("clip_id"), "clip_id", [ids]))
-    table = pa.concat_tables(tables)
-    paths = table.column("source_path").to_pylist()
-    paths[:missing] = [str(directory / f"missing-{n}.mp4") for n in range(missing)]
-    directory.mkdir()
-    pq.write_table(table.set_column(table.schema.get_field_index("source_path"), "source_path", [paths]),
-                   directory / part.name)
-    return directory
-
-
 def test_workers_skip_a_step_together_when_one_has_nothing(tiny_manifest, tmp_path):
     """One clip in four cannot be decoded: in each epoch one worker's batch is empty once. Both workers must skip
     that step (a worker that went ahead would wait for the other in the next collective), count the failure,
     and take the same number of steps."""
-    manifest = _manifest_with_missing_clips(tiny_manifest, tmp_path / "manifest", copies=2, missing=1)
+    manifest = manifest_with_missing_clips(tiny_manifest, tmp_path / "manifest", copies=2, missing=1)
     output = tmp_path / "out"
     run_workers(_config(1, manifest, output, strategy="ddp", steps=3), timeout_s=180)
     rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]

@@ -114,10 +114,10 @@ def test_stage_configs_validate_and_refuse_what_is_not_supported(tmp_path):
 
 def test_a_manifest_whose_clips_all_fail_stops_with_a_message(tmp_path, tiny_manifest):
     from curation.errors import TrainingError
-    from tests.training.test_distributed import _manifest_with_missing_clips
+    from tests.tiny_manifest import manifest_with_missing_clips
     from training.train import train_loop_per_worker
 
-    manifest = _manifest_with_missing_clips(tiny_manifest, tmp_path / "manifest", copies=1, missing=2)
+    manifest = manifest_with_missing_clips(tiny_manifest, tmp_path / "manifest", copies=1, missing=2)
     with pytest.raises(TrainingError, match="nothing trained in the last 4 batches .*: 4 clip"):
         train_loop_per_worker(_tiny(1, manifest, tmp_path / "out").to_dict())
 
