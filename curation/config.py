@@ -179,21 +179,26 @@ def default_data() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file holding a mapping (an empty file is an empty one), or a ConfigError naming ``what``."""
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CurationConfig:
     """The embedded defaults, updated by a YAML file (if given), then by dotted-key overrides."""
     data = default_data()
     origin = "defaults"
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            user = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
-        if not isinstance(user, dict):
-            raise ConfigError(f"config file {path} must hold a mapping, got {type(user).__name__}")
-        data = _deep_merge(data, user)
+        data = _deep_merge(data, read_yaml_mapping(path))
         origin = str(path)
     config = validate(data, origin=origin)
     return config.with_overrides(overrides) if overrides else config

@@ -12,9 +12,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from curation.config import read_yaml_mapping
 from curation.errors import ConfigError
 
 GROUPS = ("denoiser", "reference", "driven_encoder", "audio", "temporal")
@@ -134,12 +134,7 @@ def load_train_config(path: str | Path | None = None, *, stage: int | None = Non
             raise ConfigError("give a config file or a stage (1, 2 or 3)")
         path = stage_config_path(stage)
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"training config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"training config {path} is not valid YAML: {error}") from None
+    data = read_yaml_mapping(path, "training config")
     if stage is not None:
         data["stage"] = data.get("stage", stage)
     config = validate(data, origin=str(path))

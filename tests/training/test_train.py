@@ -110,6 +110,10 @@ def test_stage_configs_validate_and_refuse_what_is_not_supported(tmp_path):
         load_train_config(stage=1, overrides={"trains": ["temporal"]})
     with pytest.raises(ConfigError, match="data"):
         load_train_config(stage=1, overrides={"data.no_such_key": 1})
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- stage: 1\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_train_config(listed)
 
 
 def test_a_manifest_whose_clips_all_fail_stops_with_a_message(tmp_path, tiny_manifest):
