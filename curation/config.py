@@ -130,26 +130,30 @@ class CurationConfig(_Strict):
 
     def with_overrides(self, overrides: dict[str, Any]) -> CurationConfig:
         """Apply dotted-key overrides, e.g. ``{"thresholds.face_res_px_min": 400}``."""
-        data = self.to_dict()
-        for dotted, value in overrides.items():
-            node = data
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                if not isinstance(node.get(key), dict):
-                    raise ConfigError(f"unknown config key {dotted!r}")
-                node = node[key]
-            if leaf not in node:
-                raise ConfigError(f"unknown config key {dotted!r}")
-            node[leaf] = value
-        return validate(data, origin="overrides")
+        return validate(apply_dotted(self.to_dict(), overrides), origin="overrides")
+
+
+def apply_dotted(data: dict[str, Any], overrides: dict[str, Any], what: str = "config") -> dict[str, Any]:
+    """``data`` with dotted-key overrides set in place; an unknown key raises a ConfigError naming it."""
+    for dotted, value in overrides.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise ConfigError(f"unknown {what} key {dotted!r}")
+            node = node[key]
+        if leaf not in node:
+            raise ConfigError(f"unknown {what} key {dotted!r}")
+        node[leaf] = value
+    return data
 
 
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_validation_error(error: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+def format_validation_error(error: ValidationError, origin: str, what: str = "configuration") -> str:
+    lines = [f"invalid {what} ({origin}):"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         got = f" (got {item['input']!r})" if "input" in item and not isinstance(item["input"], dict) else ""
@@ -161,14 +165,14 @@ def validate(data: dict[str, Any], *, origin: str = "config") -> CurationConfig:
     try:
         return CurationConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, origin)) from None
+        raise ConfigError(format_validation_error(error, origin)) from None
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -198,7 +202,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     origin = "defaults"
     if path is not None:
         path = Path(path)
-        data = _deep_merge(data, read_yaml_mapping(path))
+        data = deep_merge(data, read_yaml_mapping(path))
         origin = str(path)
     config = validate(data, origin=origin)
     return config.with_overrides(overrides) if overrides else config

@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -55,8 +54,10 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from curation import media
+from curation.crops import box_masks, decode_crops, probe_from_row, square_crop, track_points
 from curation.errors import ConfigError, DecodeError, MediaError
 from curation.manifest import read_manifest
+from training.driving_aug import augment_driving
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,6 @@ MODALITY_VISUAL, MODALITY_AUDIO, MODALITY_MIXED = 0, 1, 2
 DRIVING_SOURCES = ("real", "faceswap", "stylized")
 VARIANT_COLUMNS = {"faceswap": "driving_faceswap_path", "stylized": "driving_stylized_path"}
 DROPOUT_CHOICES = ("eyes", "mouth", "both")
-# Where eyes and mouth sit inside a face box, for a track without eyes/mouth boxes (rows [top, bottom] as
-# fractions of the box height, full width).
-_FALLBACK_ROWS = {"eyes_box": (0.2, 0.5), "mouth_box": (0.62, 0.92)}
 
 
 @dataclass
@@ -290,22 +288,22 @@ class ManifestDataset(Dataset):
     def _sample(self, plan: SamplePlan, row: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
         res, stride, fps = cfg.resolution, cfg.frame_stride, cfg.fps
-        probe = _probe_from_row(row)
+        probe = probe_from_row(row)
         width, height = probe.width, probe.height
-        track = _track(row)
-        crop = _crop_square(track, row["face_box"], width, height, cfg.crop_scale)  # x0, y0, side (source px)
+        track = track_points(row)
+        crop = square_crop(track, row["face_box"], width, height, cfg.crop_scale)  # x0, y0, side (source px)
 
         frame_idx = plan.start_frame + stride * np.arange(cfg.num_frames)
         times = row["start_s"] + frame_idx / fps
         segment_start = row["start_s"] + plan.start_frame / fps
-        frames = _decode_crops(row["source_path"], probe, segment_start, cfg.num_frames, fps / stride, crop, res)
-        reference = _decode_crops(row["source_path"], probe, row["start_s"] + plan.reference_frame / fps, 1, fps,
+        frames = decode_crops(row["source_path"], probe, segment_start, cfg.num_frames, fps / stride, crop, res)
+        reference = decode_crops(row["source_path"], probe, row["start_s"] + plan.reference_frame / fps, 1, fps,
                                   crop, res)[0]
 
-        eye_mask = _box_masks(track, "eyes_box", times, crop, res, cfg.mask_dilation)
-        mouth_mask = _box_masks(track, "mouth_box", times, crop, res, cfg.mask_dilation)
+        eye_mask = box_masks(track, "eyes_box", times, crop, res, cfg.mask_dilation)
+        mouth_mask = box_masks(track, "mouth_box", times, crop, res, cfg.mask_dilation)
         if self.stage == 1:
-            loss_mask = _box_masks(track, "box", times, crop, res, cfg.mask_dilation)
+            loss_mask = box_masks(track, "box", times, crop, res, cfg.mask_dilation)
         else:
             loss_mask = np.ones_like(eye_mask)
         driven = np.zeros_like(eye_mask)
@@ -325,7 +323,7 @@ class ManifestDataset(Dataset):
                 log.warning("clip %s: %s variant unusable, driving from real frames: %s", plan.clip_id, source,
                             error)
                 source = "real"
-        driving, driving_mask = _augment_driving(driving, driven, plan)
+        driving, driving_mask = augment_driving(driving, driven, plan)
 
         audio = np.zeros(cfg.audio_samples, dtype=np.float32)
         if self.stage > 1 and plan.modality != MODALITY_VISUAL and row.get("has_audio"):
@@ -355,7 +353,7 @@ class ManifestDataset(Dataset):
             raise DecodeError("variant has no video stream", path=path)
         sx, sy = probe.width / width, probe.height / height
         x0, y0, side = crop
-        frames = _decode_crops(path, probe, local_start_s, cfg.num_frames, cfg.fps / cfg.frame_stride,
+        frames = decode_crops(path, probe, local_start_s, cfg.num_frames, cfg.fps / cfg.frame_stride,
                                (x0 * sx, y0 * sy, side * sx, side * sy), cfg.resolution)
         return frames
 
@@ -404,140 +402,6 @@ def _usable_frames(table: pa.Table, fps: float) -> np.ndarray:
         at_end = np.nan_to_num(ends - sources, nan=-1.0) > -1e-3
         frames = frames - at_end * int(np.ceil(END_MARGIN_S * fps))
     return np.maximum(frames, 0)
-def _probe_from_row(row: dict[str, Any]) -> media.ProbeResult:
-    """The probe columns the manifest stored (no ffprobe per sample); a row without a size is probed."""
-    if not row.get("width") or not row.get("height"):
-        return media.probe(row["source_path"])
-    return media.ProbeResult(
-        container="", duration_s=row.get("source_duration_s"), bit_rate=None,
-        has_video=row.get("has_video") is not False, video_codec=row.get("video_codec"),
-        width=int(row["width"]), height=int(row["height"]), coded_width=None, coded_height=None,
-        rotation=int(row.get("rotation") or 0), fps_avg=row.get("fps"), fps_nominal=row.get("fps_nominal"),
-        vfr=bool(row.get("vfr")), n_frames=None, has_audio=bool(row.get("has_audio")),
-        audio_codec=row.get("audio_codec"), audio_sample_rate=row.get("audio_sample_rate"), audio_channels=None,
-    )
-
-
-def _track(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """Track points with a face box, in time order; the clip's median box at its start when there are none."""
-    points = sorted((p for p in row.get("face_track") or [] if p.get("box") is not None), key=lambda p: p["t"])
-    if not points:
-        points = [{"t": row["start_s"], "box": row["face_box"], "eyes_box": None, "mouth_box": None}]
-    return points
-
-
-def _crop_square(track: list[dict[str, Any]], face_box: list[float] | None, width: int, height: int,
-                 crop_scale: float) -> tuple[float, float, float]:
-    """A square of ``crop_scale`` x the larger side of the median face box, centred on it, shrunk and shifted to
-    lie inside the frame: one crop per clip, so frames and reference share it."""
-    boxes = np.array([p["box"] for p in track], dtype=np.float64)
-    x0, y0, x1, y1 = np.median(boxes, axis=0) if len(boxes) else np.asarray(face_box, dtype=np.float64)
-    side = min(crop_scale * max(x1 - x0, y1 - y0, 1.0), width, height)
-    left = float(np.clip((x0 + x1) / 2 - side / 2, 0, width - side))
-    top = float(np.clip((y0 + y1) / 2 - side / 2, 0, height - side))
-    return left, top, float(side)
-
-
-def _decode_crops(path: str, probe: media.ProbeResult, start_s: float, count: int, rate: float,
-                  crop: tuple[float, ...], resolution: int) -> np.ndarray:
-    """``count`` frames at ``rate`` from ``start_s``, each cropped (x0, y0, side or w, h in the video's display
-    pixels) and resized to ``resolution``: (count, R, R, 3) uint8. Decodes at the smallest size at which the crop
-    still has ``resolution`` pixels, so a 1080p source never crosses the pipe at full size for a 512 crop."""
-    x0, y0, w, h = crop if len(crop) == 4 else (*crop, crop[2])
-    long_side = max(probe.width, probe.height)
-    max_side = min(long_side, math.ceil(long_side * resolution / max(min(w, h), 1.0)) + 2)
-    out = np.empty((count, resolution, resolution, 3), dtype=np.uint8)
-    got = 0
-    for _, frame in media.iter_frames(path, probe, start_s=max(start_s, 0.0), duration_s=count / rate, fps=rate,
-                                      max_side=max_side):
-        if got == count:
-            break
-        fx, fy = frame.shape[1] / probe.width, frame.shape[0] / probe.height
-        left, top = int(round(x0 * fx)), int(round(y0 * fy))
-        right = min(frame.shape[1], max(left + 1, int(round((x0 + w) * fx))))
-        bottom = min(frame.shape[0], max(top + 1, int(round((y0 + h) * fy))))
-        patch = frame[top:bottom, left:right]
-        shrink = patch.shape[0] > resolution
-        out[got] = cv2.resize(patch, (resolution, resolution),
-                              interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-        got += 1
-    if got < count:
-        raise DecodeError(f"{got} of {count} frames decoded from {start_s:.3f} s", path=str(path))
-    return out
-
-
-def _interpolated_boxes(track: list[dict[str, Any]], key: str, times: np.ndarray) -> np.ndarray:
-    """(len(times), 4) boxes linearly interpolated over the track points that have ``key`` (held at the ends);
-    eyes/mouth boxes fall back to fixed bands of the face box when the track has none."""
-    points = [p for p in track if p.get(key) is not None]
-    if points:
-        t = np.array([p["t"] for p in points])
-        boxes = np.array([p[key] for p in points], dtype=np.float64)
-        return np.stack([np.interp(times, t, boxes[:, c]) for c in range(4)], axis=1)
-    face = _interpolated_boxes(track, "box", times)
-    top, bottom = _FALLBACK_ROWS[key]
-    heights = face[:, 3] - face[:, 1]
-    return np.stack([face[:, 0], face[:, 1] + top * heights, face[:, 2], face[:, 1] + bottom * heights], axis=1)
-
-
-def _box_masks(track: list[dict[str, Any]], key: str, times: np.ndarray, crop: tuple[float, float, float],
-               resolution: int, dilation: float) -> np.ndarray:
-    """(F, R, R) float32 0/1 rectangles of the ``key`` boxes at ``times``, grown by ``dilation`` of their size
-    on each side and mapped through the crop."""
-    left, top, side = crop
-    scale = resolution / side
-    masks = np.zeros((len(times), resolution, resolution), dtype=np.float32)
-    for mask, (x0, y0, x1, y1) in zip(masks, _interpolated_boxes(track, key, times), strict=True):
-        dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
-        c0 = int(np.clip(np.floor((x0 - dx - left) * scale), 0, resolution))
-        c1 = int(np.clip(np.ceil((x1 + dx - left) * scale), 0, resolution))
-        r0 = int(np.clip(np.floor((y0 - dy - top) * scale), 0, resolution))
-        r1 = int(np.clip(np.ceil((y1 + dy - top) * scale), 0, resolution))
-        mask[r0:r1, c0:c1] = 1.0
-    return masks
-
-
-def _augment_driving(frames: np.ndarray, driven: np.ndarray, plan: SamplePlan) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the driven regions (black elsewhere), then zoom/stretch about the centre (black borders), colour
-    jitter and grayscale, the same for every frame of the sample. Returns the frames (F,R,R,3) uint8 and the
-    driven region in their geometry (F,R,R) float32."""
-    driving = frames * driven[..., None].astype(np.uint8)
-    mask = driven
-    if plan.scale != 1.0 or plan.aspect != 1.0:
-        size = frames.shape[1]
-        sx, sy = plan.scale * math.sqrt(plan.aspect), plan.scale / math.sqrt(plan.aspect)
-        centre = (size - 1) / 2
-        affine = np.array([[sx, 0, (1 - sx) * centre], [0, sy, (1 - sy) * centre]], dtype=np.float64)
-        driving = np.stack([cv2.warpAffine(f, affine, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
-                            for f in driving])
-        mask = np.stack([cv2.warpAffine(m, affine, (size, size), flags=cv2.INTER_NEAREST, borderValue=0)
-                         for m in mask])
-        driving = driving * (mask[..., None] > 0)  # bilinear edges do not bleed past the region
-    if plan.color != (1.0, 1.0, 1.0):
-        driving = _jitter_colour(driving, mask > 0, *plan.color)
-    if plan.grayscale:
-        gray = (driving.astype(np.float32) @ _LUMA).round()
-        driving = np.repeat(gray[..., None], 3, axis=-1)
-    return np.ascontiguousarray(driving.astype(np.uint8)), np.ascontiguousarray(mask.astype(np.float32))
-
-
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def _jitter_colour(frames: np.ndarray, inside: np.ndarray, brightness: float, contrast: float,
-                   saturation: float) -> np.ndarray:
-    """(F,R,R,3) uint8 -> uint8: brightness scales, contrast pulls towards or away from the driven region's mean
-    (one mean for the whole sample), saturation towards or away from each pixel's luma; outside the region
-    stays black."""
-    x = frames.astype(np.float32) * brightness
-    if inside.any():
-        mean = float(x[inside].mean())
-        x = (x - mean) * contrast + mean
-    luma = (x @ _LUMA)[..., None]
-    x = luma + (x - luma) * saturation
-    return (np.clip(x, 0, 255).round() * inside[..., None]).astype(np.uint8)
-
-
 def _to_signed(frames: np.ndarray) -> torch.Tensor:
     """(N,H,W,3) uint8 -> (N,3,H,W) float in [-1, 1]."""
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)

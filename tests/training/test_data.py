@@ -206,20 +206,20 @@ def test_augmented_driving_frames_stay_black_outside_the_moved_region(manifest_d
 
 
 def test_colour_jitter_moves_brightness_contrast_and_saturation_inside_the_region_only():
-    from training.data import _jitter_colour
+    from training.driving_aug import jitter_colour
 
     rng = np.random.default_rng(0)
     frames = rng.integers(40, 200, size=(2, 16, 16, 3)).astype(np.uint8)
     inside = np.zeros((2, 16, 16), dtype=bool)
     inside[:, 4:12, 4:12] = True
     frames[~inside] = 0  # as the driving frames arrive: black outside the driven region
-    same = _jitter_colour(frames, inside, 1.0, 1.0, 1.0)
+    same = jitter_colour(frames, inside, 1.0, 1.0, 1.0)
     assert np.abs(same.astype(int) - frames).max() <= 1
-    brighter = _jitter_colour(frames, inside, 1.2, 1.0, 1.0)
+    brighter = jitter_colour(frames, inside, 1.2, 1.0, 1.0)
     assert np.allclose(brighter[inside], np.clip(frames[inside] * 1.2, 0, 255), atol=1)
-    flat = _jitter_colour(frames, inside, 1.0, 0.0, 1.0)  # no contrast: one value, the region's mean
+    flat = jitter_colour(frames, inside, 1.0, 0.0, 1.0)  # no contrast: one value, the region's mean
     assert np.ptp(flat[inside]) <= 1 and abs(float(flat[inside].mean()) - float(frames[inside].mean())) < 1
-    gray = _jitter_colour(frames, inside, 1.0, 1.0, 0.0)  # no saturation: R = G = B
+    gray = jitter_colour(frames, inside, 1.0, 1.0, 0.0)  # no saturation: R = G = B
     assert np.abs(gray[inside].astype(int) - gray[inside][:, :1]).max() <= 1
     for out in (brighter, flat, gray):
         assert not out[~inside].any()

@@ -1,0 +1,114 @@
+"""Face crops and region masks from a manifest row's stored face track: one implementation shared by the trainer
+(``training.data``), the augmentation stage (the stylizer's face-centred crop) and inference (driving frames cut
+and masked as in training), so that the three never drift apart.
+
+Coordinates are source display pixels (after rotation), as the manifest stores them: ``face_track`` points hold
+``t`` in source seconds and ``box`` / ``eyes_box`` / ``mouth_box`` as ``[x0, y0, x1, y1]``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import cv2
+import numpy as np
+
+from curation import media
+from curation.errors import DecodeError
+
+# Where eyes and mouth sit inside a face box, for a track without eyes/mouth boxes (rows [top, bottom] as
+# fractions of the box height, full width).
+FALLBACK_ROWS = {"eyes_box": (0.2, 0.5), "mouth_box": (0.62, 0.92)}
+
+
+def probe_from_row(row: dict[str, Any]) -> media.ProbeResult:
+    """The probe columns the manifest stored (no ffprobe per sample); a row without a size is probed."""
+    if not row.get("width") or not row.get("height"):
+        return media.probe(row["source_path"])
+    return media.ProbeResult(
+        container="", duration_s=row.get("source_duration_s"), bit_rate=None,
+        has_video=row.get("has_video") is not False, video_codec=row.get("video_codec"),
+        width=int(row["width"]), height=int(row["height"]), coded_width=None, coded_height=None,
+        rotation=int(row.get("rotation") or 0), fps_avg=row.get("fps"), fps_nominal=row.get("fps_nominal"),
+        vfr=bool(row.get("vfr")), n_frames=None, has_audio=bool(row.get("has_audio")),
+        audio_codec=row.get("audio_codec"), audio_sample_rate=row.get("audio_sample_rate"), audio_channels=None,
+    )
+
+
+def track_points(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Track points with a face box, in time order; the clip's median box at its start when there are none."""
+    points = sorted((p for p in row.get("face_track") or [] if p.get("box") is not None), key=lambda p: p["t"])
+    if not points:
+        points = [{"t": row["start_s"], "box": row["face_box"], "eyes_box": None, "mouth_box": None}]
+    return points
+
+
+def square_crop(track: list[dict[str, Any]], face_box: list[float] | None, width: int, height: int,
+                 crop_scale: float) -> tuple[float, float, float]:
+    """A square of ``crop_scale`` x the larger side of the median face box, centred on it, shrunk and shifted to
+    lie inside the frame: one crop per clip, so frames and reference share it."""
+    boxes = np.array([p["box"] for p in track], dtype=np.float64)
+    x0, y0, x1, y1 = np.median(boxes, axis=0) if len(boxes) else np.asarray(face_box, dtype=np.float64)
+    side = min(crop_scale * max(x1 - x0, y1 - y0, 1.0), width, height)
+    left = float(np.clip((x0 + x1) / 2 - side / 2, 0, width - side))
+    top = float(np.clip((y0 + y1) / 2 - side / 2, 0, height - side))
+    return left, top, float(side)
+
+
+def decode_crops(path: str, probe: media.ProbeResult, start_s: float, count: int, rate: float,
+                  crop: tuple[float, ...], resolution: int) -> np.ndarray:
+    """``count`` frames at ``rate`` from ``start_s``, each cropped (x0, y0, side or w, h in the video's display
+    pixels) and resized to ``resolution``: (count, R, R, 3) uint8. Decodes at the smallest size at which the crop
+    still has ``resolution`` pixels, so a 1080p source never crosses the pipe at full size for a 512 crop."""
+    x0, y0, w, h = crop if len(crop) == 4 else (*crop, crop[2])
+    long_side = max(probe.width, probe.height)
+    max_side = min(long_side, math.ceil(long_side * resolution / max(min(w, h), 1.0)) + 2)
+    out = np.empty((count, resolution, resolution, 3), dtype=np.uint8)
+    got = 0
+    for _, frame in media.iter_frames(path, probe, start_s=max(start_s, 0.0), duration_s=count / rate, fps=rate,
+                                      max_side=max_side):
+        if got == count:
+            break
+        fx, fy = frame.shape[1] / probe.width, frame.shape[0] / probe.height
+        left, top = int(round(x0 * fx)), int(round(y0 * fy))
+        right = min(frame.shape[1], max(left + 1, int(round((x0 + w) * fx))))
+        bottom = min(frame.shape[0], max(top + 1, int(round((y0 + h) * fy))))
+        patch = frame[top:bottom, left:right]
+        shrink = patch.shape[0] > resolution
+        out[got] = cv2.resize(patch, (resolution, resolution),
+                              interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        got += 1
+    if got < count:
+        raise DecodeError(f"{got} of {count} frames decoded from {start_s:.3f} s", path=str(path))
+    return out
+
+
+def interpolate_boxes(track: list[dict[str, Any]], key: str, times: np.ndarray) -> np.ndarray:
+    """(len(times), 4) boxes linearly interpolated over the track points that have ``key`` (held at the ends);
+    eyes/mouth boxes fall back to fixed bands of the face box when the track has none."""
+    points = [p for p in track if p.get(key) is not None]
+    if points:
+        t = np.array([p["t"] for p in points])
+        boxes = np.array([p[key] for p in points], dtype=np.float64)
+        return np.stack([np.interp(times, t, boxes[:, c]) for c in range(4)], axis=1)
+    face = interpolate_boxes(track, "box", times)
+    top, bottom = FALLBACK_ROWS[key]
+    heights = face[:, 3] - face[:, 1]
+    return np.stack([face[:, 0], face[:, 1] + top * heights, face[:, 2], face[:, 1] + bottom * heights], axis=1)
+
+
+def box_masks(track: list[dict[str, Any]], key: str, times: np.ndarray, crop: tuple[float, float, float],
+               resolution: int, dilation: float) -> np.ndarray:
+    """(F, R, R) float32 0/1 rectangles of the ``key`` boxes at ``times``, grown by ``dilation`` of their size
+    on each side and mapped through the crop."""
+    left, top, side = crop
+    scale = resolution / side
+    masks = np.zeros((len(times), resolution, resolution), dtype=np.float32)
+    for mask, (x0, y0, x1, y1) in zip(masks, interpolate_boxes(track, key, times), strict=True):
+        dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
+        c0 = int(np.clip(np.floor((x0 - dx - left) * scale), 0, resolution))
+        c1 = int(np.clip(np.ceil((x1 + dx - left) * scale), 0, resolution))
+        r0 = int(np.clip(np.floor((y0 - dy - top) * scale), 0, resolution))
+        r1 = int(np.clip(np.ceil((y1 + dy - top) * scale), 0, resolution))
+        mask[r0:r1, c0:c1] = 1.0
+    return masks
