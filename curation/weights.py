@@ -2,15 +2,25 @@
 licence; a cache directory (``MEGACTOR_WEIGHTS_DIR``); a resumable, verified fetch.
 
 A file is looked up as ``<weights dir>/<relpath>``, then in the air-gapped mirror ``MEGACTOR_WEIGHTS_MIRROR``
-(same layout) if set. A missing or corrupt file raises :class:`WeightsMissingError` naming the fetch command."""
+(same layout) if set. A missing or corrupt file raises :class:`WeightsMissingError` naming the fetch command.
+
+Two kinds of entry: a single file (``sha256`` of the file), or a folder of files (``files``: a diffusers or
+transformers folder, each file with its own checksum, fetched from ``<url>/<file>``). A URL of the form
+``https://.../pack.zip#member.onnx`` names a member of a zip archive (e.g. InsightFace's official model packs):
+the archive is downloaded and only that member kept. A folder file whose publisher gives no checksum that could
+be verified here has ``sha256=None``: ``weights fetch`` records what it downloaded in the folder's
+``.megactor-sha256.json``, later checks compare against that record, and ``weights list`` says "unverified"."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
+import shutil
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,15 +29,34 @@ from curation.settings import weights_dir
 
 
 @dataclass(frozen=True)
+class FolderFile:
+    """One file of a folder entry: its path inside the folder, checksum (None: none published) and size."""
+
+    relpath: str
+    sha256: str | None
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True)
 class WeightSpec:
     name: str
-    relpath: str
-    urls: tuple[str, ...]
-    sha256: str
-    size_bytes: int
+    relpath: str  # a file, or the folder of a folder entry
+    urls: tuple[str, ...]  # a file's URLs, or a folder's base URLs (the file's relpath is appended)
+    sha256: str  # a file's; "" for a folder entry (each file has its own)
+    size_bytes: int  # a file's; a folder's total (0 when unknown)
     licence: str
     description: str
     auto_fetch: bool = False  # small files may be fetched on first use; large ones only by the fetch command
+    files: tuple[FolderFile, ...] = ()  # set: a folder entry
+
+    @property
+    def is_folder(self) -> bool:
+        return bool(self.files)
+
+    @property
+    def verified(self) -> bool:
+        """Every byte is checked against a published checksum (False: some folder file has none)."""
+        return all(f.sha256 for f in self.files) if self.files else True
 
 
 REGISTRY: dict[str, WeightSpec] = {
@@ -117,8 +146,65 @@ REGISTRY: dict[str, WeightSpec] = {
             licence="InsightFace models: non-commercial research only",
             description="InsightFace face swapper (face-swap augmentation of driving videos)",
         ),
+        WeightSpec(
+            name="det_10g",
+            relpath="insightface/det_10g.onnx",
+            # InsightFace publishes it inside its buffalo_l pack; the first URL is a mirror of the same bytes
+            urls=(
+                "https://huggingface.co/immich-app/buffalo_l/resolve/d09715916a0778919a770c343533641e250b8699/"
+                "detection/model.onnx",
+                "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip#det_10g.onnx",
+            ),
+            sha256="5838f7fe053675b1c7a08b633df49e7af5495cee0493c7dcf6697200b85b5b91",
+            size_bytes=16_923_827,
+            licence="InsightFace models: non-commercial research only",
+            description="SCRFD-10G face detector with 5 keypoints (InsightFace buffalo_l; face-swap augmentation)",
+        ),
+        WeightSpec(
+            name="scrfd_500m",
+            relpath="insightface/scrfd_500m_bnkps.onnx",
+            urls=("https://huggingface.co/ykk648/face_lib/resolve/main/face_detect/scrfd_onnx/scrfd_500m_bnkps.onnx",),
+            sha256="b467f878e26ff1e7ee05cd9936fdff63fa2a5af5d732ed17ee231f2dd5cc07ae",
+            size_bytes=2_524_648,
+            licence="InsightFace models: non-commercial research only",
+            description="SCRFD-500M face detector with 5 keypoints, 640x640 (the light detector for face swap)",
+        ),
+        WeightSpec(
+            name="w600k_r50",
+            relpath="insightface/w600k_r50.onnx",
+            urls=(
+                "https://huggingface.co/maze/faceX/resolve/main/w600k_r50.onnx",
+                "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip#w600k_r50.onnx",
+            ),
+            sha256="4c06341c33c2ca1f86781dab0e829f88ad5b64be9fba56e56bc9ebdefc619e43",
+            size_bytes=174_383_860,
+            licence="InsightFace models: non-commercial research only",
+            description="ArcFace ResNet-50 (WebFace600K) identity embedding (InsightFace buffalo_l; swap source "
+                        "and identity checks)",
+        ),
+        WeightSpec(
+            name="sd-turbo",
+            relpath="diffusers/sd-turbo",
+            urls=("https://huggingface.co/stabilityai/sd-turbo/resolve/main",),
+            sha256="",
+            size_bytes=0,
+            licence="Stability AI Non-Commercial Research Community License (commercial use needs Stability AI's "
+                    "licence)",
+            description="SD-Turbo (distilled SD 2.1), diffusers folder, fp16 weights: stylization augmentation "
+                        "(no published checksum could be verified here: recorded at fetch)",
+            files=tuple(FolderFile(path, None) for path in (
+                "model_index.json", "scheduler/scheduler_config.json",
+                "text_encoder/config.json", "text_encoder/model.fp16.safetensors",
+                "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+                "tokenizer/vocab.json",
+                "unet/config.json", "unet/diffusion_pytorch_model.fp16.safetensors",
+                "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
+            )),
+        ),
     )
 }
+
+LOCK_FILE = ".megactor-sha256.json"  # in a folder entry: the checksums recorded at fetch
 
 
 def fetch_command(name: str) -> str:
@@ -152,23 +238,44 @@ def status(name: str) -> tuple[str, Path]:
     """``("ok" | "missing" | "corrupt", path)`` for a registered model, without downloading."""
     spec = get_spec(name)
     for path in _candidates(spec):
-        if path.is_file():
-            return ("ok" if sha256_file(path) == spec.sha256 else "corrupt"), path
+        if spec.is_folder:
+            if path.is_dir() and all((path / f.relpath).is_file() for f in spec.files):
+                return ("ok" if not _folder_mismatches(spec, path) else "corrupt"), path
+        elif path.is_file():
+            return ("ok" if _sha256_cached(path) == spec.sha256 else "corrupt"), path
     return "missing", _candidates(spec)[0]
 
 
+def _folder_mismatches(spec: WeightSpec, folder: Path) -> list[str]:
+    """Files of a folder entry whose checksum differs from the registry's, or from the fetch record."""
+    recorded = _read_lock(folder)
+    bad = []
+    for item in spec.files:
+        want = item.sha256 or recorded.get(item.relpath)
+        if want and _sha256_cached(folder / item.relpath) != want:
+            bad.append(item.relpath)
+    return bad
+
+
+def _read_lock(folder: Path) -> dict[str, str]:
+    try:
+        return json.loads((folder / LOCK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def resolve(name: str, *, allow_fetch: bool | None = None) -> Path:
-    """The verified local path of a model. Small models marked ``auto_fetch`` are downloaded on first use
-    unless ``MEGACTOR_OFFLINE=1``."""
+    """The verified local path of a model (a folder entry's folder). Small models marked ``auto_fetch`` are
+    downloaded on first use unless ``MEGACTOR_OFFLINE=1``."""
     spec = get_spec(name)
     state, path = status(name)
     if state == "ok":
         return path
     if state == "corrupt":
-        raise WeightsMissingError(
-            f"{path} does not match the registered sha256 of {name} ({spec.sha256[:12]}...): delete it and run "
-            f"`{fetch_command(name)}`"
-        )
+        what = (f"files of {path} ({', '.join(_folder_mismatches(spec, path))}) do not match their checksums"
+                if spec.is_folder else
+                f"{path} does not match the registered sha256 of {name} ({spec.sha256[:12]}...)")
+        raise WeightsMissingError(f"{what}: delete it and run `{fetch_command(name)}`")
     if allow_fetch is None:
         allow_fetch = spec.auto_fetch and os.environ.get("MEGACTOR_OFFLINE", "") not in ("1", "true")
     if allow_fetch:
@@ -183,13 +290,15 @@ def resolve(name: str, *, allow_fetch: bool | None = None) -> Path:
 
 
 def resolve_or_local(name: str, local: Path | None) -> Path:
-    """``local`` when a config names a file in place of the registry's (it must exist; its checksum is not
-    checked but recorded), else the registry's verified file for ``name``."""
+    """``local`` when a config names a file (or, for a folder entry, a folder) in place of the registry's (it must
+    exist; its checksum is not checked but recorded), else the registry's verified path for ``name``."""
     if local is None:
         return resolve(name)
     local = Path(local).expanduser()
-    if not local.is_file():
-        raise WeightsMissingError(f"the weights file configured for {name} does not exist: {local}")
+    folder = get_spec(name).is_folder
+    if not (local.is_dir() if folder else local.is_file()):
+        kind = "folder" if folder else "weights file"
+        raise WeightsMissingError(f"the {kind} configured for {name} does not exist: {local}")
     return local
 
 
@@ -198,57 +307,117 @@ def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
     return sha256_file(Path(path))
 
 
+def _sha256_cached(path: Path) -> str:
+    """sha256 of a file, computed once per process for a given (path, size, mtime)."""
+    stat = path.stat()
+    return _cached_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def folder_sha256(folder: Path) -> str:
+    """One checksum for a folder of weights: sha256 over its files' relative paths and sha256s, in order
+    (hidden files such as the fetch record excluded)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{_sha256_cached(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def model_sha256(name: str, local: Path | None) -> str:
-    """The sha256 that provenance records for ``name``: the registry's, or the configured local file's."""
+    """The sha256 that provenance records for ``name``: the registry's, or the configured local file's; for a
+    folder, :func:`folder_sha256` of the folder in use."""
+    spec = get_spec(name)
+    if spec.is_folder:
+        folder = Path(local).expanduser() if local is not None else status(name)[1]
+        return folder_sha256(folder) if folder.is_dir() else "missing"
     if local is None:
-        return get_spec(name).sha256
-    stat = Path(local).expanduser().stat()
-    return _cached_sha256(str(Path(local).expanduser().resolve()), stat.st_size, stat.st_mtime_ns)
+        return spec.sha256
+    return _sha256_cached(Path(local).expanduser())
 
 
 def fetch(name: str, *, progress: bool = True, timeout_s: float = 60.0) -> Path:
-    """Download a model into the cache, resuming a partial ``.part`` file, and verify its sha256."""
+    """Download a model into the cache, resuming a partial ``.part`` file, and verify its sha256 (a folder
+    entry: each of its files; files without a published checksum are recorded in the folder's fetch record)."""
     spec = get_spec(name)
     target = weights_dir() / spec.relpath
     state, found = status(name)
     if state == "ok":
         return found
+    if not spec.is_folder:
+        _fetch_file(name, target, spec.urls, spec.sha256, spec.size_bytes, progress=progress, timeout_s=timeout_s)
+        return target
+    recorded = _read_lock(target)
+    for item in spec.files:
+        path = target / item.relpath
+        want = item.sha256 or recorded.get(item.relpath)
+        if path.is_file() and (want is None or _sha256_cached(path) == want):
+            recorded.setdefault(item.relpath, _sha256_cached(path))
+            continue
+        path.unlink(missing_ok=True)
+        _fetch_file(name, path, tuple(f"{base}/{item.relpath}" for base in spec.urls), item.sha256,
+                    item.size_bytes or 0, progress=progress, timeout_s=timeout_s)
+        recorded[item.relpath] = _sha256_cached(path)
+    (target / LOCK_FILE).write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    return target
+
+
+def _fetch_file(name: str, target: Path, urls: tuple[str, ...], sha256: str | None, size: int, *, progress: bool,
+                timeout_s: float) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
     errors = []
-    for url in spec.urls:
+    for url in urls:
+        url, _, member = url.partition("#")
         try:
-            _download(url, partial, spec.size_bytes, progress=progress, timeout_s=timeout_s)
-        except (urllib.error.URLError, OSError) as error:
-            errors.append(f"{url}: {error}")
+            if member:
+                _download_member(url, member, partial, progress=progress, timeout_s=timeout_s)
+            else:
+                _download(url, partial, size, progress=progress, timeout_s=timeout_s)
+        except (urllib.error.URLError, OSError, zipfile.BadZipFile, KeyError) as error:
+            errors.append(f"{url}{'#' + member if member else ''}: {error}")
             continue
-        digest = sha256_file(partial)
-        if digest != spec.sha256:
-            partial.unlink(missing_ok=True)
-            errors.append(f"{url}: checksum mismatch (got {digest[:12]}..., want {spec.sha256[:12]}...)")
-            continue
+        if sha256 is not None:
+            digest = sha256_file(partial)
+            if digest != sha256:
+                partial.unlink(missing_ok=True)
+                errors.append(f"{url}: checksum mismatch (got {digest[:12]}..., want {sha256[:12]}...)")
+                continue
         os.replace(partial, target)
-        return target
+        return
     raise WeightsMissingError(
-        f"could not download {name}: " + "; ".join(errors) + f". Place {spec.relpath} under {weights_dir()} "
-        "(or a mirror directory named by MEGACTOR_WEIGHTS_MIRROR) by hand."
+        f"could not download {name}: " + "; ".join(errors) + f". Place {get_spec(name).relpath} under "
+        f"{weights_dir()} (or a mirror directory named by MEGACTOR_WEIGHTS_MIRROR) by hand."
     )
+
+
+def _download_member(url: str, member: str, partial: Path, *, progress: bool, timeout_s: float) -> None:
+    """Download a zip archive next to ``partial`` (resumable) and extract one member to ``partial``."""
+    archive = partial.with_name(Path(url).name + ".part")
+    _download(url, archive, 0, progress=progress, timeout_s=timeout_s)
+    with zipfile.ZipFile(archive) as pack:
+        names = [n for n in pack.namelist() if n == member or n.endswith("/" + member)]
+        if not names:
+            raise KeyError(f"{member} is not in the archive")
+        with pack.open(names[0]) as source, open(partial, "wb") as out:
+            shutil.copyfileobj(source, out, 1 << 20)
+    archive.unlink(missing_ok=True)
 
 
 def _download(url: str, partial: Path, size: int, *, progress: bool, timeout_s: float) -> None:
     have = partial.stat().st_size if partial.exists() else 0
-    if have > size:
+    if size and have > size:
         partial.unlink()
         have = 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         if have and response.status != 206:  # server ignored the range: start over
             have = 0
+        total = size or (have + int(response.headers.get("Content-Length") or 0)) or None
         bar = None
         if progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=size, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5])
+            bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=partial.name[:-5])
         with open(partial, "ab" if have else "wb") as handle:
             while block := response.read(1 << 20):
                 handle.write(block)
@@ -256,4 +425,3 @@ def _download(url: str, partial: Path, size: int, *, progress: bool, timeout_s: 
                     bar.update(len(block))
         if bar:
             bar.close()
-

@@ -17,6 +17,8 @@ EPILOG = """examples:
   megactor curate --input ~/data/hdtf --kind hdtf --output runs/hdtf
   megactor curate --input videos/ --output runs/demo --score-all
   megactor filter --manifest runs/hdtf --output runs/hdtf-400px --face-res-min 400
+  megactor augment --manifest runs/hdtf --output runs/hdtf-aug
+  megactor train --stage 1 --manifest runs/hdtf-aug --output runs/train
   megactor inventory --input ~/data/vox2 --kind voxceleb2
   megactor summary runs/hdtf
   megactor weights list
@@ -120,6 +122,50 @@ def _print_outcome(output: Path, summary: dict[str, Any], ui: str) -> None:
     print(f"Prefect UI: {ui}")
 
 
+def cmd_augment(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from curation.augment import pipeline
+    from curation.augment.config import load_augment_config
+    from flows.server import LocalPrefectServer
+
+    overrides = _set_overrides(args.set)
+    flags = {"kinds": "kinds", "identity_folder": "identity.folder", "device": "runtime.device",
+             "ray_address": "runtime.ray_address", "seed": "seed"}
+    for attr, key in flags.items():
+        if getattr(args, attr, None) is not None:
+            overrides[key] = getattr(args, attr)
+    if args.identity_folder:
+        overrides["identity.pool"] = "folder"
+        overrides["identity.folder"] = str(Path(args.identity_folder).resolve())
+    if isinstance(overrides.get("kinds"), str):
+        overrides["kinds"] = [k.strip() for k in overrides["kinds"].split(",") if k.strip()]
+    config = load_augment_config(args.config, overrides)
+    source = pipeline.manifest_dir(args.manifest)
+    if Path(args.output).resolve() in (source, source.parent):
+        raise MegactorError("--output must differ from the curated run (the curated run is never modified)")
+    pipeline.preflight(config, source)  # bad input fails here, before a server or Ray starts
+    if config.variants_per_clip("faceswap"):
+        print(f"note: {pipeline.LICENCE_NOTE}", file=sys.stderr)
+
+    server = nullcontext() if os.environ.get("PREFECT_API_URL") else LocalPrefectServer(keep=args.keep_server)
+    with server as running:
+        if running is not None:
+            print(f"Prefect UI: {running.ui_url} (local server for this run)", flush=True)
+        from flows.augment import run_augment  # after PREFECT_API_URL is set: Prefect reads it at import
+        summary = run_augment(config, source, args.output, executor=args.executor)
+    output = Path(args.output).resolve()
+    print()
+    print(f"variants: {summary['variants']} of {summary['kept_clips']} kept clips; status: {summary['status']}")
+    for kind, d in summary["kinds"].items():
+        reasons = ", ".join(f"{k}={v}" for k, v in d["reasons"].items()) or "none"
+        print(f"  {kind:<9} {d['status']}  clips with a usable variant: {d['clips_with_usable']}  reasons: {reasons}")
+    print(f"variants:   {output / 'variants'}  (pandas.read_parquet on this directory)")
+    print(f"card:       {output / 'README.md'}")
+    print(f"train with: megactor train --stage 1 --manifest {output}")
+    return 0
+
+
 def cmd_filter(args: argparse.Namespace) -> int:
     from curation import manifest
     from curation.io import part_files
@@ -184,6 +230,12 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
         config = load_config(None, {"profile": args.profile})
         names += [name for scorer in build_scorers(config, device="cpu") for name in scorer.weight_sources()]
+    if args.augment:
+        from curation.augment.config import load_augment_config
+        from curation.augment.pipeline import build_components
+
+        made = build_components(load_augment_config(), "mediapipe", "cpu").values()
+        names += [name for component in made for name in component.weight_sources()]
     names = list(dict.fromkeys(names)) or sorted(weights.REGISTRY)
     for name in names:
         weights.get_spec(name)  # an unknown name fails before anything is downloaded
@@ -193,7 +245,9 @@ def cmd_weights(args: argparse.Namespace) -> int:
         for name in names:
             spec = weights.REGISTRY[name]
             state, path = weights.status(name)
-            print(f"  {name:<16} {state:<8} {spec.size_bytes / 1e6:7.1f} MB  {path}")
+            size = f"{spec.size_bytes / 1e6:7.1f} MB" if spec.size_bytes else f"{len(spec.files):3d} files "
+            check = "" if spec.verified else "  (unverified: no published sha256; recorded at fetch)"
+            print(f"  {name:<16} {state:<8} {size}  {path}{check}")
             print(f"  {'':<16} {spec.description}; licence: {spec.licence}")
         missing = [n for n in names if weights.status(n)[0] != "ok"]
         if missing:
@@ -301,6 +355,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threshold_flags(curate)
     curate.set_defaults(func=cmd_curate)
 
+    aug = commands.add_parser("augment", help="face-swapped and stylized driving variants of a curated run's clips",
+                              description="Make face-swapped (InsightFace) and stylized (SD-Turbo) variants of "
+                                          "every kept clip of a curated run (Prefect flow on Ray), check them, and "
+                                          "write a variants table the trainer reads. Reruns resume.")
+    aug.add_argument("--manifest", required=True, metavar="DIR", help="a curated run (its output directory)")
+    aug.add_argument("--output", required=True, metavar="DIR", help="output directory (reruns resume it)")
+    aug.add_argument("--config", metavar="FILE", help="YAML config overriding curation/configs/augment.yaml")
+    aug.add_argument("--kinds", help="comma-separated: faceswap,stylized (default both)")
+    aug.add_argument("--identity-folder", metavar="DIR",
+                     help="face images to swap in (DIR/<speaker>/*.jpg); default: frames of other kept clips")
+    aug.add_argument("--seed", type=int, help="seed of every random choice (0)")
+    aug.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the models run (auto)")
+    aug.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
+    aug.add_argument("--executor", choices=["ray", "local"], default="ray",
+                     help="task runner: ray (default) or local (one thread, for debugging)")
+    aug.add_argument("--keep-server", action="store_true", help="leave the local Prefect server running")
+    aug.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="any augment config value, dotted (repeatable), e.g. --set stylize.steps=4")
+    aug.set_defaults(func=cmd_augment)
+
     refilter = commands.add_parser("filter", help="re-apply thresholds to a manifest without re-scoring")
     refilter.add_argument("--manifest", required=True, metavar="DIR", help="a run's output or manifest directory")
     refilter.add_argument("--output", required=True, metavar="DIR", help="where the re-decided manifest goes")
@@ -328,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     wts.add_argument("action", choices=["list", "fetch"])
     wts.add_argument("names", nargs="*", metavar="NAME", help="registry names (default: all)")
     wts.add_argument("--profile", choices=["lite", "paper"], help="the models a curation profile needs")
+    wts.add_argument("--augment", action="store_true",
+                     help="the models `megactor augment` needs (face swap, stylization, landmarks)")
     wts.set_defaults(func=cmd_weights)
 
     sync = commands.add_parser("sync", help="SyncNet scores of a cropped face video (AV offset, Sync-D, Sync-C)",

@@ -60,6 +60,7 @@ class CheckConfig(_Strict):
     """The checks every variant gets (stored as columns; the thresholds decide ``status``)."""
 
     sample_fps: float = Field(2.0, gt=0, le=30)  # frames per second compared with the original
+    landmarks: Literal["auto", "mediapipe", "dwpose"] = "auto"  # auto: the curated run's face backend
     same_person_min: float = Field(0.4, ge=-1, le=1)  # median ArcFace cosine to the source identity (InsightFace)
     closer_to_original_frac_max: float = Field(0.1, ge=0, le=1)  # frames whose face is nearer the original
     mouth_open_error_max: float = Field(0.08, ge=0)  # mean |mouth opening of variant - original| (ratio units)

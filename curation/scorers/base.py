@@ -1,22 +1,21 @@
 """The scorer contract. A scorer is one small class: a name, a version, the columns it adds, what it needs
-(Python packages, CPU/GPU), a heavy ``setup()`` run once per worker process and a ``score()`` per clip.
-This base class owns the rest: lazy setup, timing, counters and error capture, so a bad input becomes data
-(an ``error`` and a reason on the clip) and never stops a shard."""
+(Python packages, CPU/GPU, weights: ``curation.component.Component``), a heavy ``setup()`` run once per worker
+process and a ``score()`` per clip. This base class owns the rest: lazy setup, timing, counters and error capture,
+so a bad input becomes data (an ``error`` and a reason on the clip) and never stops a shard."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from curation.errors import MediaError, MissingDependencyError
+from curation.component import Component
+from curation.errors import MediaError
 
 log = logging.getLogger(__name__)
 
@@ -35,74 +34,16 @@ class ClipSpan:
         return self.end_s - self.start_s
 
 
-class Scorer(ABC):
-    name: ClassVar[str]
-    version: ClassVar[str]
+class Scorer(Component, ABC):
     fields: ClassVar[tuple[pa.Field, ...]]  # the manifest columns this scorer fills (all nullable)
     version_column: ClassVar[str]  # the manifest column that records which scorer version filled them
-    requires: ClassVar[dict[str, str]] = {}  # importable module -> pip extra that installs it
-    num_cpus: ClassVar[float] = 1.0  # read by the Ray runner; a scorer never calls ray itself
-    num_gpus: ClassVar[float] = 0.0
     needs_audio: ClassVar[bool] = False  # skip (leave null) on sources without an audio stream
     inputs: ClassVar[tuple[str, ...]] = ()  # columns of earlier scorers that score() reads (skip when null)
-
-    def __init__(self, config: Any, *, device: str = "cpu"):
-        self.config = config  # must pickle: heavy state is built in setup()
-        self.device = device  # "cpu" or "cuda", resolved by the caller (see curation.devices)
-        self._ready = False
-        self.counters: Counter[str] = Counter()
-
-    # -- what subclasses write -------------------------------------------------------------------------
-    def setup(self) -> None:
-        """Load models; called once per worker process, before the first clip."""
-
-    def close(self) -> None:
-        """Release models (called when the worker's scorer cache is dropped)."""
 
     @abstractmethod
     def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
         """Columns for one clip (a subset of ``fields``); raise a MediaError for bad input. ``upstream`` holds
         the (non-null) ``inputs`` columns that earlier scorers produced for this clip."""
-
-    def weight_sources(self) -> dict[str, Any]:
-        """Registry name -> the local file configured in its place (None: the registry's file) for every model
-        this scorer loads."""
-        return {}
-
-    def models(self) -> dict[str, str]:
-        """Model name -> sha256 of every weight file this scorer loads (for provenance)."""
-        from curation import weights
-
-        return {name: weights.model_sha256(name, local) for name, local in self.weight_sources().items()}
-
-    def check_weights(self) -> None:
-        """Fail early, naming the fetch command, when a weight file is missing or corrupt."""
-        from curation import weights
-
-        for name, local in self.weight_sources().items():
-            weights.resolve_or_local(name, local)
-
-    @property
-    def version_tag(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    # -- what the base class does -----------------------------------------------------------------------
-    @classmethod
-    def check_requirements(cls) -> None:
-        for module, extra in cls.requires.items():
-            if importlib.util.find_spec(module) is None:
-                raise MissingDependencyError(
-                    f"the {cls.name} scorer needs the Python package {module!r}: "
-                    f"pip install 'megactor-pipeline[{extra}]'"
-                )
-
-    def ensure_setup(self) -> None:
-        if not self._ready:
-            self.check_requirements()
-            started = time.perf_counter()
-            self.setup()
-            self.counters["setup_s"] += time.perf_counter() - started
-            self._ready = True
 
     def run(self, clip: ClipSpan, row: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], str | None, str | None]:
         """``(columns, error_reason, error_message)`` for one clip, with timing and counters. ``row`` holds the
