@@ -13,16 +13,17 @@ inspect the mixes without touching a video.
 Manifest contract (``curation.manifest``): the rows are read with ``curation.manifest.read_manifest`` only. The
 crop and the masks come from ``face_track`` (per sampled frame: ``t`` in source seconds, ``box``, ``eyes_box``,
 ``mouth_box`` as ``[x0, y0, x1, y1]`` in source display pixels), falling back to ``face_box`` when the track has
-no boxes. Optional variant columns, used when the table has them and the value is not null:
+no boxes (``curation.crops``, shared with augmentation and inference).
 
-- ``driving_faceswap_path``: a face-swapped rendering of the clip (first MegActor: FaceFusion, random source face);
-- ``driving_stylized_path``: a stylized rendering (SDXL-Turbo image-to-image per frame).
-
-A variant video covers exactly the clip's span (its time 0 is the clip's ``start_s``) and shows the same view as
-the source, possibly resized: the crop and the masks are scaled by the size ratio. A row without variants drives
-from the real frames only; a row with some variants draws among the available sources with the mix renormalised.
-Both are manifest columns (schema 1.2), null until an augmentation stage fills them; a table can also be passed
-directly (``ManifestDataset(config, stage, table=...)``).
+Driving variants (the paper's countermeasure to identity leakage: 50 % real, 40 % face-swapped, 10 % stylized
+driving frames). ``manifest_dir`` may name a ``megactor augment`` run: its ``source.json`` leads to the curated
+manifest, and its variants table (``curation.augment.variants``) gives each clip its usable face-swapped and
+stylized videos, several per clip possible (one is drawn per sample). The manifest's own ``driving_faceswap_path``
+/ ``driving_stylized_path`` columns, when set, count as one more variant each. A variant video covers exactly the
+clip's span (its time 0 is the clip's ``start_s``) and shows the same view as the source, possibly resized: the
+crop and the masks are scaled by the size ratio. A row without variants drives from the real frames only; a row
+with some draws among the available sources with the mix renormalised. A mix that asks for variants when no clip
+has any is warned about at construction (``variant_clips`` counts the clips that have each kind), never silent.
 
 Audio and stages: stage 1 is image level and visual only, and decodes no audio (zeros). In stages 2/3 the
 modality mix needs audio, so clips without an audio stream (``has_audio`` false) are handled by
@@ -54,6 +55,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from curation import media
+from curation.augment.variants import is_augment_run, source_manifest, usable_variants
 from curation.crops import box_masks, decode_crops, probe_from_row, square_crop, track_points
 from curation.errors import ConfigError, DecodeError, MediaError
 from curation.manifest import read_manifest
@@ -162,6 +164,7 @@ class SamplePlan:
     scale: float  # driving-frame zoom about the centre (1.0: none)
     aspect: float  # driving-frame width/height stretch (1.0: none)
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)  # brightness, contrast, saturation factors (1: none)
+    driving_variant: int = 0  # which of the clip's variants of ``driving_source`` (0 for real)
 
 
 class ManifestDataset(Dataset):
@@ -190,10 +193,14 @@ class ManifestDataset(Dataset):
         self.epoch = 0
         self.failures: Counter[str] = Counter()
         self.excluded: Counter[str] = Counter()
+        variants: dict[str, dict[str, list[str]]] = {}
         if table is None:
             if not config.manifest_dir:
                 raise ConfigError("data.manifest_dir is empty: pass --manifest DIR (a curation run's output)")
             directory = Path(config.manifest_dir)
+            if is_augment_run(directory):  # an augmentation run: its variants, and the curated run it augments
+                variants = usable_variants(directory)
+                directory = source_manifest(directory)
             if (directory / "manifest").is_dir():  # a curation run's output directory
                 directory = directory / "manifest"
             table = read_manifest(directory)
@@ -204,11 +211,20 @@ class ManifestDataset(Dataset):
         self._clip_frames = _usable_frames(self.rows, config.fps)
         self._clip_ids = self.rows.column("clip_id").to_pylist()
         self._has_audio = np.asarray([bool(v) for v in self.rows.column("has_audio").to_pylist()])
-        self._variants = {
-            source: np.asarray([bool(v) for v in self.rows.column(column).to_pylist()])
-            if column in self.rows.column_names else np.zeros(len(self.rows), dtype=bool)
-            for source, column in VARIANT_COLUMNS.items()
-        }
+        self._variants = {kind: self._variant_paths(kind, variants) for kind in VARIANT_COLUMNS}
+        self.variant_clips = {kind: sum(bool(paths) for paths in self._variants[kind]) for kind in VARIANT_COLUMNS}
+        wanted = [kind for kind in VARIANT_COLUMNS if config.driving_mix[kind] > 0]
+        if wanted and not any(self.variant_clips[kind] for kind in wanted):
+            log.warning("no clip has a %s variant: every sample drives from the real frames, so the identity-leakage "
+                        "countermeasure is off; pass --manifest a `megactor augment` run",
+                        " or ".join(wanted))
+
+    def _variant_paths(self, kind: str, variants: dict[str, dict[str, list[str]]]) -> list[list[str]]:
+        """Per selected row, the paths of its ``kind`` variants: the manifest column's, then the variants table's."""
+        column = VARIANT_COLUMNS[kind]
+        stored = self.rows.column(column).to_pylist() if column in self.rows.column_names else [None] * len(self.rows)
+        return [([path] if path else []) + variants.get(clip, {}).get(kind, [])
+                for clip, path in zip(self.rows.column("clip_id").to_pylist(), stored, strict=True)]
 
     def _select(self, table: pa.Table) -> pa.Table:
         total = len(table)
@@ -268,10 +284,13 @@ class ManifestDataset(Dataset):
         if rng.random() < cfg.color_prob:  # drawn last: the draws above stay what they were without it
             color = tuple(float(rng.uniform(*r)) for r in (cfg.brightness_range, cfg.contrast_range,
                                                            cfg.saturation_range))
+        variant = 0
+        if source != "real":  # drawn last, and only for variants: plans of clips without variants stay as they were
+            variant = int(rng.integers(0, len(self._variants[source][index])))
         return SamplePlan(index=index, epoch=epoch, clip_id=self._clip_ids[index], start_frame=start,
                           reference_frame=reference, modality=modality, drive_eyes=drive_eyes,
                           drive_mouth=drive_mouth, driving_source=source, grayscale=grayscale, scale=scale,
-                          aspect=aspect, color=color)
+                          aspect=aspect, color=color, driving_variant=variant)
 
     # -- the sample ------------------------------------------------------------------------------------------
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any] | None:
@@ -316,8 +335,8 @@ class ManifestDataset(Dataset):
         driving = frames
         if source != "real":
             try:
-                driving = self._variant_crops(row[VARIANT_COLUMNS[source]], plan.start_frame / fps, width, height,
-                                              crop)
+                path = self._variants[source][plan.index][plan.driving_variant]
+                driving = self._variant_crops(path, plan.start_frame / fps, width, height, crop)
             except MediaError as error:  # the real frames still make a valid sample
                 self.failures[f"variant_{error.reason}"] += 1
                 log.warning("clip %s: %s variant unusable, driving from real frames: %s", plan.clip_id, source,

@@ -32,6 +32,7 @@ from curation.errors import MegactorError, TrainingError
 from training import components, distributed
 from training.components import STATE_FILE
 from training.config import TrainConfig
+from training.data import DRIVING_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
 
     # 5. resume
     step, epoch, batch_in_epoch, failures = 0, 0, 0, 0
+    drawn = dict.fromkeys(DRIVING_SOURCES, 0)  # driving sources of the samples trained on, over all workers
     resume = latest_checkpoint(config)
     if resume is not None:
         state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
@@ -200,6 +202,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
         scaler.load_state_dict(state["scaler"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         failures = state.get("decode_failures", 0)
+        drawn.update(state.get("driving_drawn", {}))
         set_rng_state(state["rng"])
         log.info("resumed from %s at step %d", resume, step)
 
@@ -221,9 +224,13 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                 # clips that failed to decode were dropped by the collate function (the sampler's batches are
                 # full); counted over all workers, and a step that any worker has nothing for is skipped by all
                 # of them, so that they stay in step (a collective waits for every worker)
-                failed, empty = distributed.sum_over_workers(
-                    [config.batch_size - (0 if batch is None else len(batch["frames"])), int(batch is None)], device)
+                sources = batch["driving_source"] if batch is not None else []
+                failed, empty, *counts = distributed.sum_over_workers(
+                    [config.batch_size - (0 if batch is None else len(batch["frames"])), int(batch is None),
+                     *(sources.count(source) for source in DRIVING_SOURCES)], device)
                 failures += failed
+                for source, count in zip(DRIVING_SOURCES, counts, strict=True):  # the real/swap/stylized mix drawn
+                    drawn[source] += count
                 if empty:  # every clip of some worker's batch failed: skipped and counted
                     skipped_in_a_row += 1
                     if skipped_in_a_row >= 2 * order.batches_per_epoch():  # samples differ per epoch: two
@@ -256,7 +263,8 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                 last = distributed.mean_over_workers(torch.stack(micro_losses).mean())
                 micro, micro_losses = 0, []
                 metrics = {"step": step, "loss": last, "grad_norm": float(distributed.full(grad_norm)),
-                           "lr": lr_schedule.get_last_lr()[0], "decode_failures": failures, "workers": world}
+                           "lr": lr_schedule.get_last_lr()[0], "decode_failures": failures, "workers": world,
+                           **{f"driving_{source}": count for source, count in drawn.items()}}
                 if rank == 0:  # every step's metrics, one JSON line each (TensorBoard gets every log_every-th)
                     with open(Path(config.output).resolve() / "metrics.jsonl", "a") as handle:
                         handle.write(json.dumps(metrics) + "\n")
@@ -271,6 +279,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                              "optimizer": distributed.optimizer_state(model, optimizer),
                              "lr_schedule": lr_schedule.state_dict(), "scaler": scaler.state_dict(), "step": step,
                              "epoch": epoch, "batch_in_epoch": batch_in_epoch, "decode_failures": failures,
+                             "driving_drawn": dict(drawn),
                              "rng": rng_state(),
                              "config": config.to_dict()}
                     if rank == 0:

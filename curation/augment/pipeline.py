@@ -45,6 +45,7 @@ from curation.augment.variants import (
     variant_id,
     variants_table,
     write_part,
+    write_source,
 )
 from curation.component import Component
 from curation.crops import probe_from_row, square_crop, track_points
@@ -85,10 +86,6 @@ class AugmentLayout:
     @property
     def plan(self) -> Path:
         return self.state / "plan.json"
-
-    @property
-    def source(self) -> Path:
-        return self.root / "source.json"
 
     def done(self, phase: str, shard: int) -> Path:
         return self.state / phase / f"shard-{shard:05d}.json"
@@ -229,7 +226,7 @@ def load_or_save_plan(layout: AugmentLayout, shards: list[list[str]], config: Au
                               f"({saved['manifest']}); use another --output")
         return saved["shards"]
     write_json_atomic(wanted, layout.plan)
-    write_json_atomic({"manifest": str(manifest), "variants": "variants"}, layout.source)
+    write_source(layout.root, manifest)
     return shards
 
 

@@ -12,6 +12,7 @@ the Parquet field metadata, provenance in every part file, parts written atomica
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -170,3 +171,44 @@ def decided(row: dict[str, Any], reasons: list[str]) -> dict[str, Any]:
     else:
         status = "rejected" if reasons else "ok"
     return {**row, "status": status, "usable": status == "ok", "reject_reasons": reasons}
+
+
+# -- an augmentation run, as the trainer reads it --------------------------------------------------------------
+
+SOURCE_FILE = "source.json"  # in an augmentation run: the curated manifest it augments
+
+
+def is_augment_run(path: str | Path) -> bool:
+    return (Path(path) / SOURCE_FILE).is_file()
+
+
+def write_source(run: str | Path, manifest: Path) -> None:
+    from curation.io import write_json_atomic
+
+    run = Path(run).resolve()
+    write_json_atomic({"manifest": str(manifest), "manifest_relpath": os.path.relpath(manifest, run),
+                       "variants": "variants"}, run / SOURCE_FILE)
+
+
+def source_manifest(run: str | Path) -> Path:
+    """The curated manifest directory an augmentation run augments: the stored relative path first (the two runs
+    moved together), else the absolute one."""
+    run = Path(run).resolve()
+    source = json.loads((run / SOURCE_FILE).read_text())
+    relative = (run / source.get("manifest_relpath", "")).resolve()
+    return relative if source.get("manifest_relpath") and relative.is_dir() else Path(source["manifest"])
+
+
+def usable_variants(run: str | Path) -> dict[str, dict[str, list[str]]]:
+    """clip_id -> kind -> the paths of its usable variant videos, in variant order (relative paths resolved
+    against the run, so a moved run still works)."""
+    run = Path(run).resolve()
+    table = read_variants(run / "variants")
+    out: dict[str, dict[str, list[str]]] = {}
+    rows = sorted((r for r in table.to_pylist() if r["usable"]), key=lambda r: (r["clip_id"], r["kind"],
+                                                                                 r["variant_index"]))
+    for row in rows:
+        local = run / row["relpath"] if row["relpath"] else None
+        path = str(local) if local is not None and local.is_file() else row["path"]
+        out.setdefault(row["clip_id"], {}).setdefault(row["kind"], []).append(path)
+    return out
