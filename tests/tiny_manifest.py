@@ -51,3 +51,20 @@ def manifest_with_missing_clips(tiny_manifest: Path, directory: Path, copies: in
     pq.write_table(table.set_column(table.schema.get_field_index("source_path"), "source_path", [paths]),
                    directory / part.name)
     return directory
+
+
+def shortened_manifest(tiny_manifest: Path, directory: Path, seconds: float = 2.0,
+                       extra_rows: list[dict] | None = None) -> Path:
+    """A curated run (``directory/manifest``) holding the tiny manifest's kept clips cut to their first ``seconds``
+    (spans of the same sources, face tracks cut alike), plus ``extra_rows``: quick inputs for augmentation."""
+    from curation.io import part_files
+    from curation.manifest import read_manifest, read_provenance, to_table, write_part
+
+    rows = []
+    for row in read_manifest(tiny_manifest).to_pylist():
+        end = row["start_s"] + seconds
+        rows.append({**row, "end_s": end, "duration_s": seconds,
+                     "face_track": [p for p in row["face_track"] if p["t"] < end]})
+    rows += extra_rows or []
+    write_part(to_table(rows, read_provenance(part_files(tiny_manifest)[0])), directory / "manifest", 0)
+    return directory

@@ -85,7 +85,10 @@ class OpeningMeter(Component):
     def close(self) -> None:
         model = getattr(self, "_model", None)
         if model is not None and self.backend == "mediapipe":
-            model.close()
+            try:
+                model.close()
+            except RuntimeError:  # at interpreter exit MediaPipe's executor is already gone: nothing to release
+                pass
         self._model = None
         self._ready = False
 

@@ -277,7 +277,7 @@ class Augmenter:
         swapper = self.components["faceswap"]
         rows = [self._embed(candidate, swapper) for candidate in candidates]
         write_part(identities_table(rows, self.provenance), self.layout.identities, shard)
-        counts = Counter(r["error_reason"] or "ok" for r in rows)
+        counts = Counter(r.get("error_reason") or "ok" for r in rows)
         result = {"shard": shard, "rows": len(rows), "counts": dict(counts), "wall_s": time.perf_counter() - started}
         write_json_atomic(result, self.layout.done("identities", shard))
         return result
@@ -323,8 +323,8 @@ class Augmenter:
         counters = Counter(r["status"] for r in out)
         counters.update(f"{r['kind']}_{r['status']}" for r in out)
         counters.update(f"reason_{reason}" for r in out for reason in r["reject_reasons"])
-        counters["frames"] = sum(r["frames"] or 0 for r in out)
-        counters["video_s"] = sum(r["duration_s"] or 0.0 for r in out if r["path"])
+        counters["frames"] = sum(r.get("frames") or 0 for r in out)
+        counters["video_s"] = sum(r.get("duration_s") or 0.0 for r in out if r.get("path"))
         for component in self.components.values():
             counters.update({f"{component.name}_{k}": v for k, v in component.counters.items()})
         result = {"shard": shard, "clips": len(rows), "rows": len(out), "counters": dict(counters),
