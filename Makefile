@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	  echo "ffmpeg and ffprobe are required: apt-get install ffmpeg (Debian/Ubuntu) or brew install ffmpeg"; exit 1; }
 	@command -v uv >/dev/null || python3 -m pip install -q uv
 	uv venv -q --allow-existing $(VENV) --python python3
-	uv pip install -q --python $(PY) $(FIND_LINKS) -e '.[dev,paper,train]'
+	uv pip install -q --python $(PY) $(FIND_LINKS) -e '.[dev,paper,train,augment]'
 	uv pip install -q --python $(PY) --no-deps syncnet-python==0.2.3
 	@touch $@
 

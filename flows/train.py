@@ -26,7 +26,8 @@ def train_stage(config: TrainConfig, ray_address: str | None = None) -> dict[str
     create_table_artifact(
         key=f"train-stage{config.stage}",
         table=[{"stage": config.stage, "steps": result["steps"], "final_checkpoint": result["final_checkpoint"],
-                **{k: metrics[k] for k in ("loss", "grad_norm", "lr", "decode_failures") if k in metrics}}],
+                **{k: v for k, v in metrics.items()
+                   if k in ("loss", "grad_norm", "lr", "decode_failures") or k.startswith("driving_")}}],
         description=f"stage {config.stage}: final checkpoint and last metrics ({config.output})",
     )
     return result

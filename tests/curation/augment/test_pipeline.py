@@ -123,3 +123,25 @@ def test_an_identity_folder_with_bad_images(short_run, augment_overrides, tmp_pa
     variants, _ = _run(config, short_run, tmp_path / "out-broken")
     assert {r["error_reason"] for r in variants.values()} == {"identity_pool_empty", "source_missing",
                                                              "no_face_detected"}
+
+
+def test_the_trainer_draws_every_kind_of_variant_from_the_run(made, short_run, caplog):
+    from collections import Counter
+
+    from training.data import DataConfig, ManifestDataset
+
+    _, output, _, _ = made
+    mix = {"real": 0.2, "faceswap": 0.4, "stylized": 0.4}
+    data = ManifestDataset(DataConfig(manifest_dir=str(output), num_frames=1, resolution=64, driving_mix=mix),
+                           stage=1)
+    assert len(data) == 4 and data.variant_clips == {"faceswap": 2, "stylized": 3}  # no swap of the faceless clip
+    plans = [data.sample_plan(i, epoch) for i in range(len(data)) for epoch in range(30)]
+    assert set(Counter(p.driving_source for p in plans)) == {"real", "faceswap", "stylized"}
+    swap = next(p for p in plans if p.driving_source == "faceswap")
+    sample = data[(swap.epoch, swap.index)]
+    assert sample["driving_source"] == "faceswap" and sample["driving"].shape == (1, 3, 64, 64)
+    # the curated run alone: the countermeasure would be off, and the trainer says so
+    caplog.clear()
+    plain = ManifestDataset(DataConfig(manifest_dir=str(short_run), num_frames=1, driving_mix=mix), stage=1)
+    assert plain.variant_clips == {"faceswap": 0, "stylized": 0}
+    assert "identity-leakage countermeasure is off" in caplog.text
