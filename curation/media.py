@@ -429,6 +429,18 @@ def decode_audio(
     return np.frombuffer(done.stdout, dtype="<i2").astype(np.float32) / 32768.0
 
 
+def batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of ``size`` items (the last one shorter), for models that take batches."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
     """Iterate ``items`` in a background thread, ``depth`` items ahead: decoding and cropping on the CPU
     overlap the consumer's model calls (on a GPU, or in ONNX Runtime / torch, which release the GIL).
@@ -481,6 +493,7 @@ def prefetch(items: Iterable[T], depth: int = 8) -> Iterator[T]:
 
 __all__ = [
     "ProbeResult",
+    "batches",
     "decode_audio",
     "default_fps",
     "iter_frames",

@@ -452,7 +452,7 @@ class Augmenter:
         originals, variants_ = [], []
         k = 0
         with self._writer(row, path, probe, fps) as writer:
-            for batch in _batched(frames, cfg.batch_size):
+            for batch in media.batches(frames, cfg.batch_size):
                 stylized = session([cut_crop(frame, crop, cfg.resolution) for frame in batch])
                 for frame, styled in zip(batch, stylized, strict=True):
                     out = paste_crop(frame, styled, crop, cfg.feather)
@@ -475,17 +475,6 @@ def _stylizer_class():
     from curation.augment.stylize import Stylizer
 
     return Stylizer
-
-
-def _batched(items, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class _Failed(Exception):

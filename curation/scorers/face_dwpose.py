@@ -17,8 +17,8 @@ its "600 x 600" refers to."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -30,19 +30,6 @@ from curation.scorers.face_track import FACE_FIELDS, empty_point, summarise_trac
 
 EYES = np.r_[17:27, 36:48]  # iBUG-68 brows and eyes
 MOUTH = np.r_[48:68]
-T = TypeVar("T")
-
-
-def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    batch: list[T] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
 
 def face_point(t: float, persons: list[Person], scale: tuple[float, float], width: int, height: int,
                config: Any) -> dict[str, Any]:
@@ -100,7 +87,7 @@ class DWPoseFaceScorer(Scorer):
                                    fps=self.config.sample_fps,
                                    max_side=cfg.max_side)
         track = []
-        for batch in _batches(media.prefetch(frames, depth=cfg.batch_size), cfg.batch_size):
+        for batch in media.batches(media.prefetch(frames, depth=cfg.batch_size), cfg.batch_size):
             self.counters["frames_decoded"] += len(batch)
             rgbs = [rgb for _, rgb in batch]
             for (t, rgb), persons in zip(batch, self._model(rgbs), strict=True):
