@@ -95,7 +95,7 @@ class OpeningMeter(Component):
     def measure(self, frames: list[np.ndarray]) -> list[tuple[float, float] | None]:
         """Per RGB frame, (mouth opening, eye opening) of its main face, or None where no face was found."""
         self.ensure_setup()
-        frames = [_shrink(frame) for frame in frames]
+        frames = [shrink(frame) for frame in frames]
         if self.backend == "mediapipe":
             out = []
             for frame in frames:
@@ -114,7 +114,8 @@ class OpeningMeter(Component):
         return out
 
 
-def _shrink(frame: np.ndarray) -> np.ndarray:
+def shrink(frame: np.ndarray) -> np.ndarray:
+    """A frame at most MAX_SIDE large (what the landmark models measure)."""
     scale = MAX_SIDE / max(frame.shape[:2])
     if scale >= 1:
         return frame

@@ -129,6 +129,7 @@ def landmark_backend(config: AugmentConfig, manifest: Path) -> str:
 # -- components, once per worker process -------------------------------------------------------------------------
 
 _CACHE: dict[tuple, dict[str, Component]] = {}
+_POOLS: dict[tuple, list[dict[str, Any]]] = {}
 
 
 def build_components(config: AugmentConfig, backend: str, device: str) -> dict[str, Component]:
@@ -251,7 +252,6 @@ class Augmenter:
     def __init__(self, config: AugmentConfig, output: str | Path, manifest: Path, backend: str):
         self.config, self.manifest, self.backend = config, manifest, backend
         self.layout = AugmentLayout(Path(output))
-        self._pool: list[dict[str, Any]] | None = None
         self._provenance: dict[str, Any] | None = None
 
     @property
@@ -303,10 +303,12 @@ class Augmenter:
         return row
 
     def pool(self) -> list[dict[str, Any]]:
-        """The usable identities of the whole run (read once per worker from the committed parts)."""
-        if self._pool is None:
-            self._pool = identity.usable_pool(read_identities(self.layout.identities).to_pylist())
-        return self._pool
+        """The usable identities of the whole run (read once per worker process from the committed parts)."""
+        key = (str(self.layout.root.resolve()), self.config.making_hash())
+        if key not in _POOLS:
+            _POOLS.clear()  # one run's pool at a time
+            _POOLS[key] = identity.usable_pool(read_identities(self.layout.identities).to_pylist())
+        return _POOLS[key]
 
     # -- variants ------------------------------------------------------------------------------------------------
     def variants(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -314,6 +316,7 @@ class Augmenter:
         started = time.perf_counter()
         if self.layout.videos.exists():  # a killed run's half-written videos (hidden names)
             remove_stale_temporaries(self.layout.videos)
+        before = {name: Counter(c.counters) for name, c in self.components.items()}  # the worker's, cumulative
         out: list[dict[str, Any]] = []
         for row in rows:
             for kind in KINDS:
@@ -325,8 +328,8 @@ class Augmenter:
         counters.update(f"reason_{reason}" for r in out for reason in r["reject_reasons"])
         counters["frames"] = sum(r.get("frames") or 0 for r in out)
         counters["video_s"] = sum(r.get("duration_s") or 0.0 for r in out if r.get("path"))
-        for component in self.components.values():
-            counters.update({f"{component.name}_{k}": v for k, v in component.counters.items()})
+        for name, component in self.components.items():
+            counters.update({f"{component.name}_{k}": v for k, v in (Counter(component.counters) - before[name]).items()})
         result = {"shard": shard, "clips": len(rows), "rows": len(out), "counters": dict(counters),
                   "wall_s": time.perf_counter() - started, "pid": os.getpid()}
         write_json_atomic(result, self.layout.done("variants", shard))
@@ -409,9 +412,9 @@ class Augmenter:
                 out = swapper.swap(frame, track.kps[k], source) if ok else frame
                 unswapped += not ok
                 writer.write(out)
-                if k % every == 0:
-                    originals.append(frame)
-                    variants_.append(out)
+                if k % every == 0:  # kept at the landmark model's size, not the source's
+                    originals.append(checks.shrink(frame))
+                    variants_.append(checks.shrink(out))
                     if ok:
                         original_faces.append(swapper.aligned(frame, track.kps[k]))
                         swapped_faces.append(swapper.aligned(out, track.kps[k]))
@@ -459,8 +462,8 @@ class Augmenter:
                     writer.write(out)
                     flicker.update(frame, out)
                     if k % every == 0:
-                        originals.append(frame)
-                        variants_.append(out)
+                        originals.append(checks.shrink(frame))
+                        variants_.append(checks.shrink(out))
                     k += 1
         columns = {"fps": fps, "frames": writer.frames, "width": writer.width, "height": writer.height,
                    "has_audio": probe.has_audio, "prompt": prompt, "flicker_ratio": flicker.ratio}

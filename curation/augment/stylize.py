@@ -175,7 +175,11 @@ class Stylizer(Component):
     def setup(self) -> None:
         import torch
         from diffusers import AutoPipelineForImage2Image
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
 
+        diffusers_logging.disable_progress_bar()  # a worker's log is not a terminal: no loading bars in it
+        transformers_logging.disable_progress_bar()
         folder = weights.resolve_or_local(self.config.model, self.config.model_dir)
         # the registry's SD-Turbo folder holds only *.fp16.safetensors; a local folder may hold plain files
         variant = "fp16" if any(folder.rglob("*.fp16.safetensors")) else None
