@@ -65,7 +65,7 @@ def _run_phase(name: str, task_fn, todo: list[tuple], resources: dict[str, float
     return failures
 
 
-@flow(name="megactor-augment", log_prints=True)
+@flow(name="megactor-augment")
 def augment(config: AugmentConfig, output: str, manifest: str) -> dict[str, Any]:
     logger = get_run_logger()
     layout = pipeline.AugmentLayout(Path(output))

@@ -83,6 +83,12 @@ class LocalPrefectServer:
 
     def __exit__(self, *exc) -> None:
         if self.process is not None and not self.keep:
+            try:  # send the run's last logs while the server still listens (else: "Error logging to API")
+                from prefect.logging.handlers import APILogWorker
+
+                APILogWorker.drain_all(timeout=10)
+            except Exception:  # noqa: BLE001 - a log that cannot be sent must not fail the run
+                pass
             self.process.terminate()
             try:
                 self.process.wait(timeout=20)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -178,6 +179,8 @@ class FaceSwapper(Component):
         from insightface.model_zoo.inswapper import INSwapper
         from insightface.model_zoo.scrfd import SCRFD
 
+        # scikit-image 0.26 deprecates the SimilarityTransform.estimate that face_align (the contract) calls
+        warnings.filterwarnings("ignore", message="`estimate` is deprecated", category=FutureWarning)
         paths = {name: weights.resolve_or_local(name, local) for name, local in self.weight_sources().items()}
         providers = devices.onnx_providers(self.device)
 
