@@ -85,6 +85,11 @@ def write_summary(layout: OutputLayout, summary: dict[str, Any]) -> None:
     write_json_atomic(summary, layout.root / "summary.json")
 
 
+def markdown_cell(text: str) -> str:
+    """``text`` safe inside a Markdown table cell (a pipe would end the cell)."""
+    return text.replace("|", "\\|")
+
+
 def dataset_card(summary: dict[str, Any]) -> str:
     lines = [
         "# Curated talking-head manifest",
@@ -132,7 +137,7 @@ def dataset_card(summary: dict[str, Any]) -> str:
     lines += ["", "Status: " + ", ".join(f"{k} {v}" for k, v in summary["status"].items()), "",
               "Reject reasons: " + (", ".join(f"`{k}` {v}" for k, v in summary["reject_reasons"].items()) or "none"),
               "", "## Columns", "", "| column | type | meaning |", "|---|---|---|"]
-    lines += [f"| `{f.name}` | {f.type} | {manifest.COLUMN_DOCS[f.name]} |" for f in manifest.SCHEMA]
+    lines += [f"| `{f.name}` | {f.type} | {markdown_cell(manifest.COLUMN_DOCS[f.name])} |" for f in manifest.SCHEMA]
     prov = summary["provenance"]
     lines += ["", "## Provenance", "",
               f"- schema {prov['schema_version']}, code {prov['code_version']}, profile `{prov['profile']}`",

@@ -20,6 +20,7 @@ from curation.augment.variants import (
     read_variants,
 )
 from curation.io import write_json_atomic, write_text_atomic
+from curation.summary import markdown_cell
 
 
 def _done(layout: AugmentLayout, phase: str) -> list[dict[str, Any]]:
@@ -114,9 +115,9 @@ def card(summary: dict[str, Any]) -> str:
               + ", ".join(f"{k} {v}" for k, v in ids["status"].items()), ""]
     lines += ["## Columns", "", f"Schema {SCHEMA_VERSION}. `variants/`:", "", "| column | type | meaning |",
               "|---|---|---|"]
-    lines += [f"| `{name}` | {kind} | {VARIANT_DOCS[name]} |" for name, kind, _, _ in VARIANT_FIELDS]
+    lines += [f"| `{name}` | {kind} | {markdown_cell(VARIANT_DOCS[name])} |" for name, kind, _, _ in VARIANT_FIELDS]
     lines += ["", "`identities/`:", "", "| column | type | meaning |", "|---|---|---|"]
-    lines += [f"| `{name}` | {kind} | {IDENTITY_DOCS[name]} |" for name, kind, _, _ in IDENTITY_FIELDS]
+    lines += [f"| `{name}` | {kind} | {markdown_cell(IDENTITY_DOCS[name])} |" for name, kind, _, _ in IDENTITY_FIELDS]
     lines += ["", "## Provenance", "",
               f"- code {prov['code_version']}, config hash {prov['config_hash']} (making {prov['making_hash']}); "
               "config in `config.yaml`",
