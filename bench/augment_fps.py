@@ -129,8 +129,9 @@ def measure_paths(videos: Path, seconds: float, work: Path) -> tuple[dict, dict]
                  "stylize.model_dir": str(build_tiny_img2img(work / "tiny-sd")), "stylize.resolution": 64}
     config = load_augment_config(None, overrides)
     source = pipeline.manifest_dir(run)
-    rows = pipeline.preflight(config, source)
-    pipeline.load_or_save_plan(pipeline.AugmentLayout(work / "out"), pipeline.plan_shards(rows, 10), config, source)
+    clips = pipeline.preflight(config, source)
+    rows = clips.to_pylist()
+    pipeline.load_or_save_plan(pipeline.AugmentLayout(work / "out"), pipeline.plan_shards(clips, 10), config, source)
     augmenter = pipeline.Augmenter(config, work / "out", source, "mediapipe")
     augmenter.identities(0, rows)
     for component in augmenter.components.values():

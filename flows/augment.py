@@ -76,14 +76,15 @@ def augment(config: AugmentConfig, output: str, manifest: str) -> dict[str, Any]
     resources = pipeline.ray_resources(config, backend)
 
     # 1. plan: shards of kept clips (deterministic; an existing plan is reused exactly)
-    rows = pipeline.kept_rows(source)
-    by_id = {row["clip_id"]: row for row in rows}
-    plan = pipeline.load_or_save_plan(layout, pipeline.plan_shards(rows, config.runtime.shard_clips), config, source)
+    clips = pipeline.kept_clips(source)
+    positions = {clip: i for i, clip in enumerate(clips["clip_id"].to_pylist())}
+    plan = pipeline.load_or_save_plan(layout, pipeline.plan_shards(clips, config.runtime.shard_clips), config, source)
     args = (config, output, manifest, backend)
 
     # 2. the identity pool (face swap only), complete before any variant is made
     identity_plan = pipeline.identity_plan(config, plan) if config.variants_per_clip("faceswap") else []
-    todo = [(i, [by_id[c] for c in shard] if config.identity.pool == "clips" else shard, *args)
+    from_clips = config.identity.pool == "clips"
+    todo = [(i, pipeline.shard_rows(clips, positions, shard) if from_clips else shard, *args)
             for i, shard in enumerate(identity_plan) if not layout.done("identities", i).exists()]
     failures = _run_phase("identities", identity_shard, todo, resources, len(identity_plan),
                           len(identity_plan) - len(todo), "augment-identities")
@@ -92,14 +93,14 @@ def augment(config: AugmentConfig, output: str, manifest: str) -> dict[str, Any]
                               f"{failures[:3]}")
 
     # 3. variants
-    todo = [(i, [by_id[c] for c in shard], *args) for i, shard in enumerate(plan)
+    todo = [(i, pipeline.shard_rows(clips, positions, shard), *args) for i, shard in enumerate(plan)
             if not layout.done("variants", i).exists()]
-    logger.info("%d kept clips in %d shards, %d to augment", len(rows), len(plan), len(todo))
+    logger.info("%d kept clips in %d shards, %d to augment", clips.num_rows, len(plan), len(todo))
     failures = _run_phase("variants", variant_shard, todo, resources, len(plan), len(plan) - len(todo),
                           "augment-progress")
 
     # 4. summarise what is on disk (so a resumed run reports everything)
-    summary = build_summary(layout, config, pipeline.provenance(config, source), clips=len(rows),
+    summary = build_summary(layout, config, pipeline.provenance(config, source), clips=clips.num_rows,
                             shards_planned=len(plan), identity_shards_planned=len(identity_plan))
     summary["failed_shards"] = failures
     write_summary(layout, summary)

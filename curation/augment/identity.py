@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import media
 from curation.augment.config import IdentityConfig
@@ -88,19 +91,49 @@ def _draw(seed: int, clip_id: str, index: int, count: int) -> int:
     return int(np.random.default_rng([seed, digest, index]).integers(0, count))
 
 
-def pair(pool: Sequence[dict[str, Any]], clip_speaker: str, clip_id: str, seed: int,
+@dataclass(frozen=True)
+class Pool:
+    """The usable identities of a run, in identity-id order (the order pairing draws in), as arrays: a pool of
+    100,000 identities is a 200 MB embedding matrix, not 51 million Python floats."""
+
+    ids: np.ndarray  # (N,) str
+    speakers: np.ndarray  # (N,) str
+    sources: np.ndarray  # (N,) str
+    embeddings: np.ndarray  # (N, D) float32, L2-normalised
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> Pool:
+        """The ``status == "ok"`` rows of an identities table."""
+        table = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.is_valid(table["embedding"])))
+        table = table.take(pc.sort_indices(table, [("identity_id", "ascending")]))
+        embeddings = np.asarray(table["embedding"].combine_chunks().flatten(), dtype=np.float32)
+        width = embeddings.size // max(len(table), 1)
+        return cls(ids=np.asarray(table["identity_id"].to_pylist(), dtype=object),
+                   speakers=np.asarray(table["speaker"].to_pylist(), dtype=object),
+                   sources=np.asarray(table["source_path"].to_pylist(), dtype=object),
+                   embeddings=embeddings.reshape(len(table), width))
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]]) -> Pool:
+        from curation.augment.variants import IDENTITIES_SCHEMA
+
+        names = IDENTITIES_SCHEMA.names
+        return cls.from_table(pa.Table.from_pylist([{k: r.get(k) for k in names} for r in rows],
+                                                   schema=IDENTITIES_SCHEMA))
+
+
+def pair(pool: Pool, clip_speaker: str, clip_id: str, seed: int,
          index: int) -> tuple[dict[str, Any] | None, str | None]:
-    """The identity for variant ``index`` of a clip: (identity row, None), or (None, reason) when the pool holds
-    no usable identity of another speaker. ``pool``: usable identities sorted by ``identity_id``."""
-    if not pool:
+    """The identity for variant ``index`` of a clip: ({identity_id, speaker, source_path, embedding}, None), or
+    (None, reason) when the pool holds no usable identity of another speaker."""
+    if not len(pool):
         return None, "identity_pool_empty"
-    others = [identity for identity in pool if identity["speaker"] != clip_speaker]
-    if not others:
+    others = np.flatnonzero(pool.speakers != clip_speaker)
+    if not len(others):
         return None, "no_other_speaker"
-    return others[_draw(seed, clip_id, index, len(others))], None
-
-
-def usable_pool(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The identities that can serve, in identity-id order (the order pairing draws in)."""
-    return sorted((r for r in rows if r["status"] == "ok" and r.get("embedding") is not None),
-                  key=lambda r: r["identity_id"])
+    k = others[_draw(seed, clip_id, index, len(others))]
+    return {"identity_id": pool.ids[k], "speaker": pool.speakers[k], "source_path": pool.sources[k],
+            "embedding": pool.embeddings[k]}, None

@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation import media
 from curation.augment import checks, identity
@@ -107,13 +109,19 @@ def manifest_dir(path: str | Path) -> Path:
     return path
 
 
-def kept_rows(manifest: Path) -> list[dict[str, Any]]:
-    """The kept clips of a manifest, in clip-id order (the plan's order, whatever the part files)."""
+def kept_clips(manifest: Path) -> pa.Table:
+    """The kept clips of a manifest, in clip-id order (the plan's order, whatever the part files), as Arrow: the
+    driver holds them compactly and hands each shard its own rows."""
     table = read_manifest(manifest)
-    rows = [row for row in table.to_pylist() if row["keep"]]
-    if not rows:
+    kept = table.filter(pc.fill_null(pc.equal(table["keep"], True), False))
+    if kept.num_rows == 0:
         raise ConfigError(f"{manifest} has no kept clip to augment ({table.num_rows} rows, none with keep = true)")
-    return sorted(rows, key=lambda r: r["clip_id"])
+    return kept.take(pc.sort_indices(kept, [("clip_id", "ascending")]))
+
+
+def shard_rows(clips: pa.Table, positions: dict[str, int], ids: list[str]) -> list[dict[str, Any]]:
+    """One shard's manifest rows, by clip id (``positions``: clip id -> row of ``clips``)."""
+    return clips.take([positions[clip] for clip in ids]).to_pylist()
 
 
 def curated_profile(manifest: Path) -> str:
@@ -129,7 +137,7 @@ def landmark_backend(config: AugmentConfig, manifest: Path) -> str:
 # -- components, once per worker process -------------------------------------------------------------------------
 
 _CACHE: dict[tuple, dict[str, Component]] = {}
-_POOLS: dict[tuple, list[dict[str, Any]]] = {}
+_POOLS: dict[tuple, identity.Pool] = {}
 
 
 def build_components(config: AugmentConfig, backend: str, device: str) -> dict[str, Component]:
@@ -161,10 +169,10 @@ def close_cached_components() -> None:
     _CACHE.clear()
 
 
-def preflight(config: AugmentConfig, manifest: Path) -> list[dict[str, Any]]:
+def preflight(config: AugmentConfig, manifest: Path) -> pa.Table:
     """Fail before Ray and Prefect start: kept clips to augment, the identity folder, the packages and weights of
-    every component the configured kinds need. Returns the kept rows."""
-    rows = kept_rows(manifest)
+    every component the configured kinds need. Returns the kept clips."""
+    clips = kept_clips(manifest)
     if config.variants_per_clip("faceswap") and config.identity.pool == "folder":
         folder = Path(config.identity.folder).expanduser()
         if not folder.is_dir():
@@ -174,7 +182,7 @@ def preflight(config: AugmentConfig, manifest: Path) -> list[dict[str, Any]]:
         component.check_weights()
     if config.runtime.device == "cuda" and not config.runtime.ray_address:
         resolve_device("cuda")
-    return rows
+    return clips
 
 
 def provenance(config: AugmentConfig, manifest: Path) -> dict[str, Any]:
@@ -207,8 +215,8 @@ def ray_resources(config: AugmentConfig, backend: str) -> dict[str, float]:
 
 # -- the plan ----------------------------------------------------------------------------------------------------
 
-def plan_shards(rows: list[dict[str, Any]], shard_clips: int) -> list[list[str]]:
-    ids = [row["clip_id"] for row in rows]
+def plan_shards(clips: pa.Table, shard_clips: int) -> list[list[str]]:
+    ids = clips["clip_id"].to_pylist()
     return [ids[i:i + shard_clips] for i in range(0, len(ids), shard_clips)]
 
 
@@ -302,12 +310,12 @@ class Augmenter:
                     "error": f"face {face_px:.0f} px < {self.config.identity.min_face_px:g} px"}
         return row
 
-    def pool(self) -> list[dict[str, Any]]:
+    def pool(self) -> identity.Pool:
         """The usable identities of the whole run (read once per worker process from the committed parts)."""
         key = (str(self.layout.root.resolve()), self.config.making_hash())
         if key not in _POOLS:
             _POOLS.clear()  # one run's pool at a time
-            _POOLS[key] = identity.usable_pool(read_identities(self.layout.identities).to_pylist())
+            _POOLS[key] = identity.Pool.from_table(read_identities(self.layout.identities))
         return _POOLS[key]
 
     # -- variants ------------------------------------------------------------------------------------------------

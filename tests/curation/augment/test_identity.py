@@ -9,19 +9,22 @@ from curation.augment.config import IdentityConfig
 
 
 def _pool(speakers: int, per_speaker: int) -> list[dict]:
-    rows = [{"identity_id": f"id-{s}-{k}", "speaker": f"spk{s}", "status": "ok", "embedding": [float(s)]}
+    rows = [{"identity_id": f"id-{s}-{k}", "speaker": f"spk{s}", "status": "ok", "embedding": [float(s), 1.0],
+             "origin": "image", "source_path": f"/faces/{s}-{k}.jpg"}
             for s in range(speakers) for k in range(per_speaker)]
-    rows.append({"identity_id": "id-bad", "speaker": "spk9", "status": "error", "embedding": None})
+    rows.append({"identity_id": "id-bad", "speaker": "spk9", "status": "error", "embedding": None, "origin": "image",
+                 "source_path": "/faces/bad.jpg", "error_reason": "no_face"})
     return rows
 
 
 def test_pairing_never_draws_the_clips_own_speaker_and_spreads():
-    pool = identity.usable_pool(_pool(5, 3))
-    assert all(r["status"] == "ok" for r in pool) and len(pool) == 15
+    pool = identity.Pool.from_rows(_pool(5, 3))
+    assert len(pool) == 15 and "id-bad" not in pool.ids and pool.embeddings.shape == (15, 2)
     drawn = set()
     for n in range(200):
         chosen, reason = identity.pair(pool, "spk2", f"clip-{n}", seed=0, index=0)
         assert reason is None and chosen["speaker"] != "spk2"
+        assert chosen["embedding"][0] == float(chosen["speaker"][3:])  # the identity's own embedding
         drawn.add(chosen["identity_id"])
     assert len(drawn) == 12  # every identity of the other four speakers gets drawn
 
@@ -30,18 +33,18 @@ def test_pairing_is_deterministic_whatever_the_order_the_pool_was_built_in():
     rows = _pool(4, 2)
     shuffled = rows[:]
     random.Random(1).shuffle(shuffled)  # e.g. parts committed by workers in another order
-    first = [identity.pair(identity.usable_pool(rows), "spk0", f"c{n}", 7, 0)[0]["identity_id"] for n in range(50)]
-    again = [identity.pair(identity.usable_pool(shuffled), "spk0", f"c{n}", 7, 0)[0]["identity_id"] for n in range(50)]
+    first = [identity.pair(identity.Pool.from_rows(rows), "spk0", f"c{n}", 7, 0)[0]["identity_id"] for n in range(50)]
+    again = [identity.pair(identity.Pool.from_rows(shuffled), "spk0", f"c{n}", 7, 0)[0]["identity_id"] for n in range(50)]
     assert first == again
-    other_seed = [identity.pair(identity.usable_pool(rows), "spk0", f"c{n}", 8, 0)[0]["identity_id"] for n in range(50)]
-    second_variant = [identity.pair(identity.usable_pool(rows), "spk0", f"c{n}", 7, 1)[0]["identity_id"]
+    other_seed = [identity.pair(identity.Pool.from_rows(rows), "spk0", f"c{n}", 8, 0)[0]["identity_id"] for n in range(50)]
+    second_variant = [identity.pair(identity.Pool.from_rows(rows), "spk0", f"c{n}", 7, 1)[0]["identity_id"]
                       for n in range(50)]
     assert first != other_seed and first != second_variant
 
 
 def test_pairing_says_why_when_no_identity_can_serve():
-    assert identity.pair([], "spk0", "c", 0, 0) == (None, "identity_pool_empty")
-    only_own = identity.usable_pool(_pool(1, 3))
+    assert identity.pair(identity.Pool.from_rows([]), "spk0", "c", 0, 0) == (None, "identity_pool_empty")
+    only_own = identity.Pool.from_rows(_pool(1, 3))
     assert identity.pair(only_own, "spk0", "c", 0, 0) == (None, "no_other_speaker")
 
 

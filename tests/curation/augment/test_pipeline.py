@@ -17,9 +17,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 def _run(config, run, output):
     manifest = pipeline.manifest_dir(run)
-    rows = pipeline.preflight(config, manifest)
+    clips = pipeline.preflight(config, manifest)
+    rows = clips.to_pylist()
     layout = pipeline.AugmentLayout(output)
-    plan = pipeline.load_or_save_plan(layout, pipeline.plan_shards(rows, 100), config, manifest)
+    plan = pipeline.load_or_save_plan(layout, pipeline.plan_shards(clips, 100), config, manifest)
     augmenter = pipeline.Augmenter(config, output, manifest, "mediapipe")
     by_id = {row["clip_id"]: row for row in rows}
     for shard, items in enumerate(pipeline.identity_plan(config, plan)):
