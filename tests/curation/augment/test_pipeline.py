@@ -146,3 +146,32 @@ def test_the_trainer_draws_every_kind_of_variant_from_the_run(made, short_run, c
     plain = ManifestDataset(DataConfig(manifest_dir=str(short_run), num_frames=1, driving_mix=mix), stage=1)
     assert plain.variant_clips == {"faceswap": 0, "stylized": 0}
     assert "identity-leakage countermeasure is off" in caplog.text
+
+
+def test_several_variants_per_clip_are_all_drawn(short_run, tmp_path):
+    from curation.augment.variants import variant_id, variants_table, write_part, write_source
+    from curation.io import part_files
+    from curation.manifest import read_manifest
+    from training.data import DataConfig, ManifestDataset
+
+    manifest = short_run / "manifest"
+    clip = next(r for r in read_manifest(manifest).to_pylist() if r["clip_id"] not in ("00-gone", "01-wall"))
+    run = tmp_path / "aug"
+    rows = []
+    for index, status in enumerate(("ok", "ok", "rejected")):
+        relpath = f"videos/faceswap/{clip['clip_id'][:2]}/{clip['clip_id']}-{index}.mp4"
+        (run / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (run / relpath).write_bytes(b"")
+        rows.append({"variant_id": variant_id(clip["clip_id"], "faceswap", index), "clip_id": clip["clip_id"],
+                     "kind": "faceswap", "variant_index": index, "relpath": relpath, "path": "/moved/away.mp4",
+                     "status": status, "usable": status == "ok", "reject_reasons": [] if status == "ok" else ["x"]})
+    write_part(variants_table(rows[::-1], {}), run / "variants", 0)  # stored in any order
+    write_source(run, manifest)
+    assert part_files(run / "variants")
+    data = ManifestDataset(DataConfig(manifest_dir=str(run), num_frames=1,
+                                      driving_mix={"real": 0.1, "faceswap": 0.9, "stylized": 0.0}), stage=1)
+    position = data.rows.column("clip_id").to_pylist().index(clip["clip_id"])
+    assert data._variants["faceswap"][position] == [str(run / r["relpath"]) for r in rows[:2]]  # resolved in the run
+    drawn = {data.sample_plan(position, epoch).driving_variant for epoch in range(40)
+             if data.sample_plan(position, epoch).driving_source == "faceswap"}
+    assert drawn == {0, 1}
