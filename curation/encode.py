@@ -129,10 +129,12 @@ class VideoWriter:
             self._tmp.unlink(missing_ok=True)
 
 
-def remove_stale_temporaries(directory: str | os.PathLike[str]) -> int:
-    """Delete the hidden temporary videos a killed writer left under ``directory``; returns how many."""
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> int:
+    """Delete the hidden temporaries a killed writer of ``path`` left beside it (only that file's: other writers
+    may be at work in the same directory); returns how many."""
+    path = Path(path)
     removed = 0
-    for stale in Path(directory).rglob(".*.tmp.mp4"):
+    for stale in path.parent.glob(f".{path.stem}.*.tmp.mp4"):
         stale.unlink(missing_ok=True)
         removed += 1
     return removed

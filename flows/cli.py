@@ -130,8 +130,7 @@ def cmd_augment(args: argparse.Namespace) -> int:
     from flows.server import LocalPrefectServer
 
     overrides = _set_overrides(args.set)
-    flags = {"kinds": "kinds", "identity_folder": "identity.folder", "device": "runtime.device",
-             "ray_address": "runtime.ray_address", "seed": "seed"}
+    flags = {"kinds": "kinds", "device": "runtime.device", "ray_address": "runtime.ray_address", "seed": "seed"}
     for attr, key in flags.items():
         if getattr(args, attr, None) is not None:
             overrides[key] = getattr(args, attr)

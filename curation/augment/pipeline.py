@@ -322,8 +322,6 @@ class Augmenter:
     def variants(self, shard: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Make, check and commit every variant of one shard's clips."""
         started = time.perf_counter()
-        if self.layout.videos.exists():  # a killed run's half-written videos (hidden names)
-            remove_stale_temporaries(self.layout.videos)
         before = {name: Counter(c.counters) for name, c in self.components.items()}  # the worker's, cumulative
         out: list[dict[str, Any]] = []
         for row in rows:
@@ -354,6 +352,7 @@ class Augmenter:
             "augment_version": (FaceSwapper if kind == "faceswap" else _stylizer_class()).version_tag_of(),
         }
         reasons: list[str] = []
+        remove_stale_temporaries(self.layout.root / relpath)  # what a killed earlier attempt left half-written
         try:
             if not Path(row["source_path"]).is_file():
                 raise _Failed("source_missing", f"{row['source_path']}: the clip's source file is gone")

@@ -51,12 +51,12 @@ def test_a_failed_write_leaves_no_file(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_stale_temporaries_are_removed(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "a" / ".x.1234abcd.tmp.mp4").write_bytes(b"half")
-    (tmp_path / "a" / "kept.mp4").write_bytes(b"whole")
-    assert remove_stale_temporaries(tmp_path) == 1
-    assert [p.name for p in (tmp_path / "a").iterdir()] == ["kept.mp4"]
+def test_stale_temporaries_of_one_file_are_removed_and_no_others(tmp_path):
+    (tmp_path / ".x.1234abcd.tmp.mp4").write_bytes(b"half of x")
+    (tmp_path / ".y.5678abcd.tmp.mp4").write_bytes(b"y, being written by another worker")
+    (tmp_path / "kept.mp4").write_bytes(b"whole")
+    assert remove_stale_temporaries(tmp_path / "x.mp4") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".y.5678abcd.tmp.mp4", "kept.mp4"]
 
 
 def test_rates_are_exact_rationals():
