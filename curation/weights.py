@@ -55,8 +55,9 @@ class WeightSpec:
 
     @property
     def verified(self) -> bool:
-        """Every byte is checked against a published checksum (False: some folder file has none)."""
-        return all(f.sha256 for f in self.files) if self.files else True
+        """Every weights file is checked against a published checksum (False: some large folder file has none;
+        small config files without one are recorded at fetch)."""
+        return all(f.sha256 for f in self.files if not f.relpath.endswith((".json", ".txt"))) if self.files else True
 
 
 REGISTRY: dict[str, WeightSpec] = {
@@ -112,27 +113,29 @@ REGISTRY: dict[str, WeightSpec] = {
         ),
         WeightSpec(
             name="sd-vae-ft-ema",
-            relpath="vae/sd-vae-ft-ema/diffusion_pytorch_model.safetensors",
-            urls=(
-                "https://huggingface.co/stabilityai/sd-vae-ft-ema/resolve/f04b2c4b98319346dad8c65879f680b1997b204a/"
-                "diffusion_pytorch_model.safetensors",
-            ),
-            sha256="32db726da04f06c1b6b14c0043ce115cc87a501482945c5add89a40d838fcb46",
+            relpath="vae/sd-vae-ft-ema",  # a diffusers AutoencoderKL folder: model.vae_dir
+            urls=("https://huggingface.co/stabilityai/sd-vae-ft-ema/resolve/f04b2c4b98319346dad8c65879f680b1997b204a",),
+            sha256="",
             size_bytes=334_643_276,
             licence="MIT",
-            description="Stable Diffusion VAE (ft-EMA), the latent space PixArt-alpha was trained in (training)",
+            description="Stable Diffusion VAE (ft-EMA), the latent space PixArt-alpha was trained in (training; "
+                        "model.vae_dir)",
+            files=(FolderFile("config.json", None),
+                   FolderFile("diffusion_pytorch_model.safetensors",
+                              "32db726da04f06c1b6b14c0043ce115cc87a501482945c5add89a40d838fcb46", 334_643_276)),
         ),
         WeightSpec(
             name="whisper-tiny",
-            relpath="whisper/whisper-tiny/model.safetensors",
-            urls=(
-                "https://huggingface.co/openai/whisper-tiny/resolve/169d4a4341b33bc18d8881c4b69c2e104e1cc0af/"
-                "model.safetensors",
-            ),
-            sha256="7ebd0e69e78190ffe1438491fa05cc1f5c1aa3a4c4db3bc1723adbb551ea2395",
+            relpath="whisper/whisper-tiny",  # a transformers Whisper folder with its feature extractor: model.whisper_dir
+            urls=("https://huggingface.co/openai/whisper-tiny/resolve/169d4a4341b33bc18d8881c4b69c2e104e1cc0af",),
+            sha256="",
             size_bytes=151_061_672,
             licence="Apache-2.0",
-            description="Whisper tiny, frozen audio encoder for the audio attention layers (training)",
+            description="Whisper tiny, frozen audio encoder for the audio attention layers (training; "
+                        "model.whisper_dir)",
+            files=(FolderFile("config.json", None), FolderFile("preprocessor_config.json", None),
+                   FolderFile("model.safetensors",
+                              "7ebd0e69e78190ffe1438491fa05cc1f5c1aa3a4c4db3bc1723adbb551ea2395", 151_061_672)),
         ),
         WeightSpec(
             name="inswapper_128",

@@ -265,6 +265,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _set_overrides(args.set)
     if args.manifest:
         overrides["data.manifest_dir"] = str(Path(args.manifest).resolve())
+    if overrides.get("init_from"):  # a path typed on the command line is the caller's, relative to where they are
+        overrides["init_from"] = str(Path(overrides["init_from"]).resolve())
     stages = [1, 2, 3] if args.stage == "all" else [int(args.stage)]
     if args.config and len(stages) > 1:
         raise MegactorError("--config names one stage's file; with --stage all, the three embedded stage configs "

@@ -69,10 +69,10 @@ def build_model(config: TrainConfig):
                                    use_temporal=config.model.use_temporal)
     if config.init_from is not None:
         model = MegActorModel(model_config)
-        state_file = Path(config.init_from) / STATE_FILE
+        state_file = config.init_checkpoint / STATE_FILE
         if not state_file.is_file():
             raise ConfigError(f"init_from: no checkpoint at {state_file} (run the previous stage first)")
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
         missing, unexpected = model.load_state_dict(state["model"], strict=False)
         new_here = [k for k in missing if not _is_new_module(k, config)]
         if new_here or unexpected:

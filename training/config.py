@@ -46,7 +46,8 @@ class OptimSection(_Strict):
 
 class TrainConfig(_Strict):
     stage: Literal[1, 2, 3]
-    init_from: Path | None = None  # the previous stage's checkpoint directory (stage 1: None)
+    init_from: Path | None = None  # the previous stage's checkpoint directory (stage 1: None); a relative path is
+    # beside this stage's output (the run's root: ``stage1/final`` for an output ``runs/x/stage2``)
     trains: tuple[str, ...]  # parameter groups that train (everything else is frozen)
     steps: int = Field(30_000, ge=1)  # per stage (the paper's)
     batch_size: int = Field(1, ge=1)  # per worker and micro-batch
@@ -85,6 +86,14 @@ class TrainConfig(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    @property
+    def init_checkpoint(self) -> Path | None:
+        """``init_from`` as a path: a relative one is resolved against the run's root (the parent of ``output``),
+        where the stages' outputs sit side by side."""
+        if self.init_from is None or self.init_from.is_absolute():
+            return self.init_from
+        return self.output.parent / self.init_from
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

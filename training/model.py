@@ -497,11 +497,15 @@ class MegActorModel(nn.Module):
     def from_pixart(
         cls, pixart_dir: str | Path, config: MegActorConfig | None = None, strict: bool = True, **overrides
     ) -> MegActorModel:
-        """A model whose denoiser and reference transformer start from a PixArt-α diffusers `transformer/` folder
-        (local only). Without `config`, sizes come from the folder's config.json; `overrides` set the rest."""
+        """A model whose denoiser and reference transformer start from PixArt-α: a diffusers pipeline folder (its
+        `transformer/` is read) or that `transformer/` folder itself (local only). Without `config`, sizes come from
+        the transformer's config.json; `overrides` set the rest."""
         from diffusers import PixArtTransformer2DModel
 
-        pixart = PixArtTransformer2DModel.from_pretrained(str(pixart_dir), local_files_only=True)
+        folder = Path(pixart_dir)
+        if (folder / "transformer" / "config.json").is_file():  # the pipeline folder, as published
+            folder = folder / "transformer"
+        pixart = PixArtTransformer2DModel.from_pretrained(str(folder), local_files_only=True)
         if config is None:
             config = config_from_pixart(dict(pixart.config), **overrides)
         elif overrides:

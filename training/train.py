@@ -107,7 +107,10 @@ def prune_checkpoints(config: TrainConfig) -> None:
 def rng_state() -> dict[str, Any]:
     """The global RNG states (rank 0's, which writes the checkpoint; noise and timesteps come from the per-step
     generators, so the other ranks' global states do not decide a resumed run's draws)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    # numpy's state as plain values and a tensor: the checkpoint then loads with torch.load(weights_only=True)
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(gauss))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -115,7 +118,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), position, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -194,7 +198,7 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
     drawn = dict.fromkeys(DRIVING_SOURCES, 0)  # driving sources of the samples trained on, over all workers
     resume = latest_checkpoint(config)
     if resume is not None:
-        state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=False)
+        state = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=True)  # never runs code from a file
         distributed.load_model_state(model, state["model"])
         ema.load_state_dict(state["ema"])
         distributed.load_optimizer_state(model, optimizer, state["optimizer"])

@@ -21,7 +21,7 @@ def trained(tmp_path_factory, megactor, tiny_manifest):
 
 
 def _state(path):
-    return torch.load(path / "final" / "state.pt", map_location="cpu", weights_only=False)
+    return torch.load(path / "final" / "state.pt", map_location="cpu", weights_only=True)
 
 
 def test_three_stages_chain_through_the_flow(trained):

@@ -28,7 +28,7 @@ def _losses(output) -> dict[int, float]:
 
 
 def _state(output) -> dict:
-    return torch.load(output / "final" / "state.pt", map_location="cpu", weights_only=False)
+    return torch.load(output / "final" / "state.pt", map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")

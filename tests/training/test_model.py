@@ -329,3 +329,13 @@ def test_audio_encoder_windows_tokens_per_frame_and_stays_frozen(tmp_path):
     encoder.feature_extractor.save_pretrained(tmp_path)
     loaded = AudioEncoder.from_pretrained(tmp_path)
     assert loaded(waveform, num_frames=32, fps=25).shape == (2, 32, 20, 32)
+
+
+def test_from_pixart_takes_the_pipeline_folder_as_published(tiny_pixart):
+    pixart, path = tiny_pixart  # path is <pipeline>/transformer
+    torch.manual_seed(0)  # the modules PixArt-alpha has no weights for start alike too
+    from_root = MegActorModel.from_pixart(path.parent, reference_blocks=2, audio_dim=32)
+    torch.manual_seed(0)
+    from_transformer = MegActorModel.from_pixart(path, reference_blocks=2, audio_dim=32)
+    for (name, a), (_, b) in zip(from_root.state_dict().items(), from_transformer.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,3 +141,48 @@ def test_a_failed_worker_is_reported_in_one_readable_message():
     message = str(training_error(failure, config))
     assert message.splitlines() == ["stage 1 failed on 2 worker(s):", "  worker 0: nothing trained",
                                     "  worker 1: ValueError: bad shape"]
+
+
+def test_a_relative_init_from_sits_beside_the_stages_output(tmp_path):
+    from training.config import load_train_config
+
+    config = load_train_config(stage=3, overrides={"output": str(tmp_path / "run" / "stage3")})
+    assert config.init_checkpoint == tmp_path / "run" / "stage2" / "final"  # `--stage 3 --output run` finds stage 2
+    assert load_train_config(stage=2).init_checkpoint == Path("runs/stage1/final")  # the defaults' own layout
+    absolute = load_train_config(stage=2, overrides={"init_from": str(tmp_path / "elsewhere")})
+    assert absolute.init_checkpoint == tmp_path / "elsewhere"
+
+
+def test_a_fetched_vae_and_whisper_load_as_the_trainer_loads_them(tmp_path, monkeypatch):
+    """`megactor weights fetch` gets the folders (config included) that model.vae_dir / whisper_dir take."""
+    import hashlib
+
+    from diffusers import AutoencoderKL
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from curation import weights
+    from training import components
+    from training.config import load_train_config
+
+    hub = tmp_path / "hub"
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, norm_num_groups=8,
+                  latent_channels=4).save_pretrained(hub / "vae")
+    WhisperModel(WhisperConfig(d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                               num_mel_bins=80, max_source_positions=1500)).save_pretrained(hub / "whisper")
+    WhisperFeatureExtractor().save_pretrained(hub / "whisper")
+    for name, folder in (("sd-vae-ft-ema", "vae"), ("whisper-tiny", "whisper")):
+        real = weights.get_spec(name)
+        files = tuple(weights.FolderFile(f.relpath, f.sha256 and hashlib.sha256(
+            (hub / folder / f.relpath).read_bytes()).hexdigest()) for f in real.files)  # same files, our bytes
+        monkeypatch.setitem(weights.REGISTRY, name, weights.WeightSpec(
+            name, real.relpath, ((hub / folder).as_uri(),), "", 0, real.licence, real.description, files=files))
+    monkeypatch.setenv("MEGACTOR_WEIGHTS_DIR", str(tmp_path / "cache"))
+    vae_dir, whisper_dir = weights.fetch("sd-vae-ft-ema", progress=False), weights.fetch("whisper-tiny", progress=False)
+    assert vae_dir == tmp_path / "cache" / "vae" / "sd-vae-ft-ema"
+    config = load_train_config(stage=2, overrides={"model.preset": "tiny", "model.vae_dir": str(vae_dir),
+                                                   "model.whisper_dir": str(whisper_dir)})
+    vae = components.build_vae(config, torch.device("cpu"))
+    encoder = components.build_audio_encoder(config, torch.device("cpu"))
+    assert vae.config.latent_channels == 4 and encoder is not None
