@@ -135,7 +135,7 @@ def motion_columns(original: list[tuple[float, float] | None],
             "eye_open_error": float(np.mean(np.abs(v[:, 1] - o[:, 1])))}
 
 
-def motion_reasons(columns: dict[str, Any], sampled: int, originals_measured: int, config: CheckConfig) -> list[str]:
+def motion_reasons(columns: dict[str, Any], originals_measured: int, config: CheckConfig) -> list[str]:
     """Why the variant's motion fails: landmarks missing on too many of the frames where the original has them
     (the variant's face is no longer a face to the backend), or mouth/eye opening off by more than allowed."""
     if originals_measured == 0:  # the backend cannot see the original face either: nothing to compare

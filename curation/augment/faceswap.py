@@ -61,7 +61,6 @@ class FaceTrack:
     kps: np.ndarray  # (N, 5, 2) float64
     detected: np.ndarray  # (N,) bool: the detector found the face on this frame
     interpolated: np.ndarray  # (N,) bool: keypoints filled over a detection gap
-    scores: np.ndarray  # (N,) detector score (NaN where none)
 
     @property
     def swappable(self) -> np.ndarray:
@@ -84,13 +83,12 @@ def _area(box: np.ndarray) -> np.ndarray:
     return (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
 
 
-def follow_face(detections: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame, the detection of the face being followed: keypoints (N, 5, 2) and scores (N,), NaN where none.
+def follow_face(detections: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Per frame, the detection of the face being followed: keypoints (N, 5, 2), NaN where none.
     The first face is the one SCRFD ranks first for a single subject (largest, nearest the centre); afterwards the
     detection overlapping the last kept box most (a clip of the curated manifest holds one speaker)."""
     count = len(detections)
     kps = np.full((count, 5, 2), np.nan)
-    scores = np.full(count, np.nan)
     last: np.ndarray | None = None
     for i, (boxes, points) in enumerate(detections):
         if len(boxes) == 0:
@@ -103,11 +101,11 @@ def follow_face(detections: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.nda
             if overlap[pick] <= 0.0:  # a different face (or a cut): treat as a miss
                 continue
         last = boxes[pick, :4]
-        kps[i], scores[i] = points[pick], boxes[pick, 4]
-    return kps, scores
+        kps[i] = points[pick]
+    return kps
 
 
-def fill_and_smooth(kps: np.ndarray, scores: np.ndarray, *, max_gap: int, window: int) -> FaceTrack:
+def fill_and_smooth(kps: np.ndarray, *, max_gap: int, window: int) -> FaceTrack:
     """Interpolate keypoints linearly over gaps of at most ``max_gap`` frames (held over such gaps at the clip's
     ends), then average them over a centred window of ``window`` frames within each run of swappable frames."""
     detected = ~np.isnan(kps[:, 0, 0])
@@ -138,7 +136,7 @@ def fill_and_smooth(kps: np.ndarray, scores: np.ndarray, *, max_gap: int, window
             reach = min(i - lo, hi - i)  # symmetric, so a smoothed track is not pulled ahead or behind
             smoothed[i] = out[i - reach:i + reach + 1].mean(axis=0)
         out = smoothed
-    return FaceTrack(kps=out, detected=detected, interpolated=interpolated, scores=scores)
+    return FaceTrack(kps=out, detected=detected, interpolated=interpolated)
 
 
 def swap_region(kps: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
@@ -258,7 +256,7 @@ class FaceSwapper(Component):
         for rgb in frames_rgb:
             boxes, kps = self.detect(rgb)
             detections.append((boxes * factor, kps * np.asarray(scale)))
-        kps, scores = follow_face(detections)
+        kps = follow_face(detections)
         cfg = self.config
-        return fill_and_smooth(kps, scores, max_gap=int(round(cfg.max_gap_s * fps)),
+        return fill_and_smooth(kps, max_gap=int(round(cfg.max_gap_s * fps)),
                                window=max(1, int(round(cfg.smooth_window_s * fps)) | 1))

@@ -40,6 +40,7 @@ from curation.augment import checks, identity
 from curation.augment.checks import OpeningMeter
 from curation.augment.config import KINDS, AugmentConfig
 from curation.augment.faceswap import FaceSwapper, NoFaceError
+from curation.augment.stylize import Stylizer, cut_crop, paste_crop
 from curation.augment.variants import (
     decided,
     identities_table,
@@ -142,8 +143,6 @@ _POOLS: dict[tuple, identity.Pool] = {}
 
 def build_components(config: AugmentConfig, backend: str, device: str) -> dict[str, Component]:
     """What the configured kinds need, cheap to build (models load on first use, in the worker)."""
-    from curation.augment.stylize import Stylizer
-
     made: dict[str, Component] = {"openings": OpeningMeter(backend, device=device)}
     if config.variants_per_clip("faceswap"):
         made["faceswap"] = FaceSwapper(config.faceswap, device=device)
@@ -349,7 +348,7 @@ class Augmenter:
             "variant_index": index, "video_id": row.get("video_id"), "dataset": row.get("dataset"),
             "speaker": identity.speaker_of(row), "source_path": row["source_path"], "start_s": row["start_s"],
             "duration_s": row["duration_s"], "seed": _seed(self.config.seed, row["clip_id"], kind, index),
-            "augment_version": (FaceSwapper if kind == "faceswap" else _stylizer_class()).version_tag_of(),
+            "augment_version": (FaceSwapper if kind == "faceswap" else Stylizer).version_tag_of(),
         }
         reasons: list[str] = []
         remove_stale_temporaries(self.layout.root / relpath)  # what a killed earlier attempt left half-written
@@ -438,10 +437,9 @@ class Augmenter:
         meter: OpeningMeter = self.components["openings"]
         measured = meter.measure(originals)
         columns.update(checks.motion_columns(measured, meter.measure(variants_)))
-        return checks.motion_reasons(columns, len(originals), sum(m is not None for m in measured), self.config.checks)
+        return checks.motion_reasons(columns, sum(m is not None for m in measured), self.config.checks)
 
     def _stylized(self, row: dict[str, Any], base: dict[str, Any], path: Path) -> tuple[dict, list[str]]:
-        from curation.augment.stylize import cut_crop, paste_crop
         from metrics.temporal import FlickerMeter
 
         cfg = self.config.stylize
@@ -479,12 +477,6 @@ class Augmenter:
         if limit is not None and flicker.ratio is not None and flicker.ratio > limit:
             reasons.append("flicker_too_high")
         return columns, reasons + self._motion(originals, variants_, columns)
-
-
-def _stylizer_class():
-    from curation.augment.stylize import Stylizer
-
-    return Stylizer
 
 
 class _Failed(Exception):

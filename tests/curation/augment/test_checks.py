@@ -34,10 +34,10 @@ def test_motion_errors_and_reasons():
     columns = checks.motion_columns(original, frozen)
     assert columns["motion_frames"] == 2
     assert columns["mouth_open_error"] == pytest.approx((0.20 + 0.05) / 2) and columns["eye_open_error"] == 0
-    assert checks.motion_reasons(columns, 4, 3, config) == ["mouth_motion_lost"]
+    assert checks.motion_reasons(columns, 3, config) == ["mouth_motion_lost"]
     unmeasured = checks.motion_columns(original, [None] * 4)
-    assert checks.motion_reasons(unmeasured, 4, 3, config) == ["motion_unmeasured"]
-    assert checks.motion_reasons(unmeasured, 4, 0, config) == []  # no face in the original either: nothing to say
+    assert checks.motion_reasons(unmeasured, 3, config) == ["motion_unmeasured"]
+    assert checks.motion_reasons(unmeasured, 0, config) == []  # no face in the original either: nothing to say
 
 
 def test_identity_columns():

@@ -76,11 +76,10 @@ def test_real_scrfd_finds_five_keypoints_that_align_to_arcfaces_template(tiny_mo
 def test_detection_gaps_are_interpolated_short_and_counted_long():
     n = 40
     kps = np.stack([np.full((5, 2), float(i)) for i in range(n)])
-    scores = np.ones(n)
     kps[10:12] = np.nan  # 2-frame gap: interpolated
     kps[20:30] = np.nan  # 10-frame gap: left unswappable
     kps[:1] = np.nan  # a miss at the start: held from the first detection
-    track = fill_and_smooth(kps, scores, max_gap=3, window=1)
+    track = fill_and_smooth(kps, max_gap=3, window=1)
     assert track.interpolated[10:12].all() and track.interpolated[0]
     np.testing.assert_allclose(track.kps[10:12, 0, 0], [10.0, 11.0])  # on the line between frames 9 and 12
     assert (~track.swappable).sum() == 10 and not track.swappable[20:30].any()
@@ -92,7 +91,7 @@ def test_smoothing_removes_detector_jitter_without_lag():
     n = 100
     truth = np.stack([np.full((5, 2), 100.0 + i) for i in range(n)])  # steady motion, 1 px per frame
     noisy = truth + rng.normal(0, 2.0, truth.shape)
-    track = fill_and_smooth(noisy, np.ones(n), max_gap=3, window=5)
+    track = fill_and_smooth(noisy, max_gap=3, window=5)
     inner = slice(5, n - 5)
     assert np.abs(track.kps[inner] - truth[inner]).mean() < 0.6 * np.abs(noisy[inner] - truth[inner]).mean()
     assert abs((track.kps[inner] - truth[inner]).mean()) < 0.3  # centred: no lag behind the motion
@@ -104,7 +103,7 @@ def test_the_followed_face_is_the_one_that_overlaps():
 
     big, small = [0, 0, 100, 100], [200, 200, 230, 230]
     both = (np.array([[*small, 0.9], [*big, 0.9]]), np.stack([np.full((5, 2), 2.0), np.full((5, 2), 1.0)]))
-    kps, _ = follow_face([det(big, 1.0), both, det(small, 2.0)])
+    kps = follow_face([det(big, 1.0), both, det(small, 2.0)])
     assert kps[0, 0, 0] == 1.0 and kps[1, 0, 0] == 1.0  # the largest first, then the one that overlaps it
     assert np.isnan(kps[2, 0, 0])  # a face elsewhere is not the speaker jumping there
 
