@@ -69,18 +69,24 @@ def decode_crops(path: str, probe: media.ProbeResult, start_s: float, count: int
                                       max_side=max_side):
         if got == count:
             break
-        fx, fy = frame.shape[1] / probe.width, frame.shape[0] / probe.height
-        left, top = int(round(x0 * fx)), int(round(y0 * fy))
-        right = min(frame.shape[1], max(left + 1, int(round((x0 + w) * fx))))
-        bottom = min(frame.shape[0], max(top + 1, int(round((y0 + h) * fy))))
-        patch = frame[top:bottom, left:right]
-        shrink = patch.shape[0] > resolution
-        out[got] = cv2.resize(patch, (resolution, resolution),
-                              interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out[got] = cut(frame, (x0, y0, w, h), resolution, frame.shape[1] / probe.width,
+                       frame.shape[0] / probe.height)
         got += 1
     if got < count:
         raise DecodeError(f"{got} of {count} frames decoded from {start_s:.3f} s", path=str(path))
     return out
+
+
+def cut(frame: np.ndarray, crop: tuple[float, ...], resolution: int, fx: float = 1.0, fy: float = 1.0) -> np.ndarray:
+    """The crop (x0, y0, side or w, h in display pixels) of one frame decoded at (fx, fy) x the display size,
+    resized to ``resolution`` x ``resolution`` (area filter when shrinking); a still image is a frame too."""
+    x0, y0, w, h = crop if len(crop) == 4 else (*crop, crop[2])
+    left, top = int(round(x0 * fx)), int(round(y0 * fy))
+    right = min(frame.shape[1], max(left + 1, int(round((x0 + w) * fx))))
+    bottom = min(frame.shape[0], max(top + 1, int(round((y0 + h) * fy))))
+    patch = frame[top:bottom, left:right]
+    shrink = patch.shape[0] > resolution
+    return cv2.resize(patch, (resolution, resolution), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def interpolate_boxes(track: list[dict[str, Any]], key: str, times: np.ndarray) -> np.ndarray:

@@ -40,6 +40,12 @@ class TooShortForSyncError(MediaError):
     reason = "too_short_for_sync"
 
 
+class NoFaceFoundError(MediaError):
+    """An image or video given as a face (inference's reference or driving video) shows none."""
+
+    reason = "no_face"
+
+
 class MediaTimeoutError(MediaError):
     reason = "media_timeout"
 

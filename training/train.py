@@ -33,6 +33,7 @@ from training import components, distributed
 from training.components import STATE_FILE
 from training.config import TrainConfig
 from training.data import DRIVING_SOURCES
+from training.export import export_state
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +290,10 @@ def train_loop_per_worker(config_dict: dict[str, Any]) -> None:
                     if rank == 0:
                         save_checkpoint(checkpoint_dir(config) / f"step-{step:08d}", state, config)
                         prune_checkpoints(config)
-                        if step == config.steps:
-                            save_checkpoint(Path(config.output).resolve() / "final", state, config)
+                        if step == config.steps:  # the stage's result, and its pickle-free inference export
+                            final = Path(config.output).resolve() / "final"
+                            save_checkpoint(final, state, config)
+                            export_state(state, final)
                 _report(metrics)
                 if step >= config.steps:
                     break

@@ -68,12 +68,14 @@ class MediaPipeFaceScorer(Scorer):
     def weight_sources(self) -> dict[str, Any]:
         return {"face_landmarker": None}
 
-    def _frame(self, t: float, rgb: np.ndarray, width: int, height: int) -> dict[str, Any]:
-        result = self._landmarker.detect(self._image(image_format=self._srgb, data=rgb))
+    def analyse(self, t: float, rgb: np.ndarray, width: int, height: int) -> tuple[dict[str, Any], np.ndarray | None]:
+        """One frame's track point and the largest face's 478 landmarks (x, y in a ``width`` x ``height`` frame;
+        None without a face): inference reads the landmarks for alignment and motion amplitude."""
+        result = self._landmarker.detect(self._image(image_format=self._srgb, data=np.ascontiguousarray(rgb)))
         faces = result.face_landmarks
         point = empty_point(t, len(faces))
         if not faces:
-            return point
+            return point, None
         all_points = [np.array([(p.x * width, p.y * height) for p in face]) for face in faces]
         boxes = [tight_box(points, width, height) for points in all_points]
         largest = int(np.argmax([(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]))
@@ -81,7 +83,7 @@ class MediaPipeFaceScorer(Scorer):
         yaw, pitch, roll = euler_from_rotation(np.asarray(result.facial_transformation_matrixes[largest])[:3, :3])
         point.update(box=boxes[largest], eyes_box=tight_box(points[self._eyes], width, height),
                      mouth_box=tight_box(points[self._mouth], width, height), yaw=yaw, pitch=pitch, roll=roll)
-        return point
+        return point, points
 
     def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
         width, height = clip.probe.width, clip.probe.height
@@ -89,6 +91,6 @@ class MediaPipeFaceScorer(Scorer):
         for t, rgb in media.iter_frames(clip.path, clip.probe, start_s=clip.start_s, duration_s=clip.duration_s,
                                         fps=self.config.sample_fps, max_side=self.config.max_side):
             self.counters["frames_decoded"] += 1
-            track.append(self._frame(t, rgb, width, height))
+            track.append(self.analyse(t, rgb, width, height)[0])
         return summarise_track(track)
 
