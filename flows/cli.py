@@ -19,6 +19,9 @@ EPILOG = """examples:
   megactor filter --manifest runs/hdtf --output runs/hdtf-400px --face-res-min 400
   megactor augment --manifest runs/hdtf --output runs/hdtf-aug
   megactor train --stage 1 --manifest runs/hdtf-aug --output runs/train
+  megactor animate --checkpoint runs/train --reference face.png --driving drive.mp4 --audio speech.wav \\
+      --mode mixed --visual-alpha 0.8 --output out.mp4
+  megactor evaluate --checkpoint runs/train --manifest runs/hdtf --output runs/eval
   megactor inventory --input ~/data/vox2 --kind voxceleb2
   megactor summary runs/hdtf
   megactor weights list
@@ -299,6 +302,77 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_animate(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    if args.jobs:
+        if not args.checkpoint:
+            raise MegactorError("--jobs needs --checkpoint")
+        from flows.server import LocalPrefectServer
+
+        server = nullcontext() if os.environ.get("PREFECT_API_URL") else LocalPrefectServer(keep=False)
+        with server as running:
+            if running is not None:
+                print(f"Prefect UI: {running.ui_url} (local server for this run)", flush=True)
+            from flows.animate import run_animate_batch
+
+            rows = run_animate_batch(args.jobs, args.checkpoint, device=args.device, scheduler=args.scheduler,
+                                     ray_address=args.ray_address, overwrite=args.overwrite)
+        counts = {status: sum(r["status"] == status for r in rows) for status in ("ok", "skipped", "error")}
+        for row in rows:
+            if row["status"] == "error":
+                print(f"error: {row['output']}: {row['error']}", file=sys.stderr)
+        print(f"{len(rows)} jobs: {counts['ok']} made, {counts['skipped']} already there, {counts['error']} failed; "
+              f"results in {Path(args.jobs).resolve().with_suffix('.results.csv')}")
+        return 1 if counts["error"] else 0
+    missing = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--reference", args.reference),
+                                        ("--output", args.output)) if not value]
+    if missing:
+        raise MegactorError(f"animate needs {', '.join(missing)} (or --jobs FILE for a batch)")
+    from tqdm import tqdm
+
+    from curation.devices import resolve_device
+    from inference.pipeline import AnimationPipeline
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise MegactorError(f"{args.output} exists (pass --overwrite to replace it)")
+    pipeline = AnimationPipeline.from_pretrained(args.checkpoint, device=resolve_device(args.device),
+                                                 scheduler=args.scheduler)
+    bar = tqdm(desc="denoising", unit="window-step")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        animation = pipeline(args.reference, args.driving, args.audio, mode=args.mode,
+                             visual_alpha=_number_or_path(args.visual_alpha),
+                             audio_scale=_number_or_path(args.audio_scale), steps=args.steps,
+                             guidance=args.guidance, seed=args.seed, output=args.output, progress=progress)
+    finally:
+        bar.close()
+        pipeline.close()
+    print(f"{animation.output}: {len(animation.frames)} frames at {animation.fps:g} fps "
+          f"({len(animation.frames) / animation.fps:.2f} s), {animation.seconds:.1f} s, "
+          f"{animation.seconds_per_frame:.3f} s per generated frame")
+    return 0
+
+
+def _number_or_path(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_checkpoint
+
+    folder = export_checkpoint(args.checkpoint, args.output)
+    print(f"inference export written: {folder / 'model.safetensors'}, {folder / 'model.json'}")
+    return 0
+
+
 def _set_overrides(items: list[str] | None) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in items or []:
@@ -429,6 +503,38 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--keep-server", action="store_true", help="leave the local Prefect server running")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, dotted (repeatable)")
     train.set_defaults(func=cmd_train)
+    anim = commands.add_parser(
+        "animate", help="animate a reference portrait from a driving video and/or audio (or a batch of jobs)",
+        description="Modes: visual (eyes and mouth from the video), audio (the audio only), mixed (eyes from the "
+                    "video, mouth from the audio). --visual-alpha scales the head motion (1: as driven, 0: "
+                    "frozen, >1: exaggerated), --audio-scale the audio's weight; each is a number or a file "
+                    "with a per-frame curve (.txt/.csv/.json). The output's length is the audio's, else the "
+                    "driving video's.")
+    anim.add_argument("--checkpoint", help="a training output: a run's root, a stage's output or its final/")
+    anim.add_argument("--reference", metavar="IMAGE", help="the portrait to animate (an image, or a video's "
+                                                           "first frame)")
+    anim.add_argument("--driving", metavar="VIDEO", help="the driving video (visual and mixed modes)")
+    anim.add_argument("--audio", metavar="FILE", help="the audio (audio and mixed modes; muxed into the output)")
+    anim.add_argument("--mode", choices=("visual", "audio", "mixed"), default="mixed")
+    anim.add_argument("--visual-alpha", default="1.0", metavar="A|FILE")
+    anim.add_argument("--audio-scale", default="1.0", metavar="S|FILE")
+    anim.add_argument("--steps", type=int, default=25)
+    anim.add_argument("--guidance", type=float, default=2.0)
+    anim.add_argument("--seed", type=int, default=0)
+    anim.add_argument("--scheduler", choices=("ddim", "dpm++"), default="ddim")
+    anim.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    anim.add_argument("--output", metavar="OUT.mp4")
+    anim.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    anim.add_argument("--jobs", metavar="FILE", help="a YAML or CSV list of jobs: a Prefect flow over Ray "
+                                                     "(results in FILE.results.csv)")
+    anim.add_argument("--ray-address", help="a Ray cluster for --jobs (default: a local one)")
+    anim.set_defaults(func=cmd_animate)
+
+    export = commands.add_parser("export", help="write a checkpoint's inference export (EMA weights as "
+                                                "safetensors + model.json)")
+    export.add_argument("checkpoint", help="a checkpoint folder holding state.pt (final/ or checkpoints/step-*)")
+    export.add_argument("--output", help="where to write it (default: the checkpoint folder)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

@@ -114,8 +114,9 @@ class AnimationPipeline:
         for key in ("vae_dir", "whisper_dir"):
             folder = train["model"][key]
             if folder is not None and not Path(folder).is_dir():
-                raise ConfigError(f"the model was trained with {key} {folder}, which is not here: pass --{key.replace('_', '-')}"
-                                  f" (see `megactor weights list`)")
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(f"the model was trained with {key} {folder}, which is not here: pass {flag} "
+                                  f"(see `megactor weights list`)")
         config = validate(train, origin=f"{meta['folder']}/model.json")
         target = torch.device(device)
         vae = components.build_vae(config, target)
@@ -194,6 +195,11 @@ class AnimationPipeline:
         log.info("%d frames in %.1f s: %.2f s per generated frame", frames, animation.seconds,
                  animation.seconds_per_frame)
         return animation
+
+    def close(self) -> None:
+        """Release the face analyser's native resources (MediaPipe); the pipeline reopens it if used again."""
+        if self.face is not None:
+            self.face.close()
 
     # -- steps ---------------------------------------------------------------------------------------------
     def _check(self, mode: str, driving, audio, steps: int, guidance: float, window: int) -> dict[str, bool]:
