@@ -193,6 +193,8 @@ class FaceSwapper(Component):
         self.detector.prepare(0 if self.device == "cuda" else -1, input_size=(cfg.det_size, cfg.det_size),
                               det_thresh=cfg.det_score_min, nms_thresh=cfg.nms_iou)
         self.embedder = ArcFaceONNX(str(paths["w600k_r50"]), session=session(paths["w600k_r50"]))
+        if "inswapper_128" not in paths:  # FaceIdentity: detection and identity only
+            return
         with contextlib.redirect_stdout(io.StringIO()):  # INSwapper prints its input shape
             self.swapper = INSwapper(str(paths["inswapper_128"]), session=session(paths["inswapper_128"]))
         if self.swapper.input_size != (SWAP_SIZE, SWAP_SIZE):
@@ -260,3 +262,15 @@ class FaceSwapper(Component):
         cfg = self.config
         return fill_and_smooth(kps, max_gap=int(round(cfg.max_gap_s * fps)),
                                window=max(1, int(round(cfg.smooth_window_s * fps)) | 1))
+
+
+class FaceIdentity(FaceSwapper):
+    """SCRFD + ArcFace only (no swapper weights needed): identity similarity for evaluation (CSIM) with the same
+    detector, alignment and embedding as the augmentation's identity check."""
+
+    name = "face_identity"
+    num_gpus = 0.25
+
+    def weight_sources(self) -> dict[str, Any]:
+        cfg = self.config
+        return {cfg.detector: cfg.detector_weights, "w600k_r50": cfg.embedder_weights}
