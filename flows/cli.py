@@ -365,6 +365,47 @@ def _number_or_path(text: str) -> float | str:
         return text
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from flows.evaluate import EvalConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        from curation.config import read_yaml_mapping
+
+        data = read_yaml_mapping(Path(args.config), "evaluation config")
+    for key, value in _set_overrides(args.set).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        config = EvalConfig.model_validate(data)
+    except Exception as error:  # pydantic's message names the bad key and value
+        raise MegactorError(f"invalid evaluation configuration: {error}") from None
+    videos = {}
+    for item in args.videos or []:
+        label, _, folder = item.rpartition("=")
+        videos[label or Path(folder).name] = folder
+    from flows.evaluate import preflight
+    from flows.server import LocalPrefectServer
+
+    preflight(args.manifest, config, args.checkpoint, videos)  # before a server starts
+    server = nullcontext() if os.environ.get("PREFECT_API_URL") else LocalPrefectServer(keep=False)
+    with server as running:
+        if running is not None:
+            print(f"Prefect UI: {running.ui_url} (local server for this run)", flush=True)
+        from flows.evaluate import markdown_table, run_evaluation
+
+        summary = run_evaluation(args.manifest, args.output, config, checkpoint=args.checkpoint, videos=videos,
+                                 ray_address=args.ray_address)
+    print(markdown_table(summary["results"], {}).split("## Protocol")[0].strip())
+    print(f"results: {Path(args.output).resolve() / 'results.md'} (protocol and weights' sha256 inside)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
 
@@ -529,6 +570,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(results in FILE.results.csv)")
     anim.add_argument("--ray-address", help="a Ray cluster for --jobs (default: a local one)")
     anim.set_defaults(func=cmd_animate)
+
+    ev = commands.add_parser(
+        "evaluate", help="split a curated manifest by identity, generate the test clips (A, V, A+V) and score "
+                         "them: FID, FVD, LPIPS, Sync-C/D, CSIM",
+        description="Writes OUTPUT/results.json and results.md (the paper's Table 3/4 layout, with the protocol). "
+                    "--videos LABEL=DIR scores another method's videos ({clip_id}.mp4) against the same ground "
+                    "truth. Settings: flows.evaluate.EvalConfig, by --config FILE.yaml or --set KEY=VALUE.")
+    ev.add_argument("--manifest", required=True, help="a curated run (its kept clips are split 9:1 by identity)")
+    ev.add_argument("--output", required=True)
+    ev.add_argument("--checkpoint", help="a training output to evaluate")
+    ev.add_argument("--videos", action="append", metavar="LABEL=DIR", help="another method's videos (repeatable)")
+    ev.add_argument("--config", help="a YAML file of EvalConfig settings")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="an EvalConfig setting (repeatable)")
+    ev.add_argument("--ray-address", help="a Ray cluster (default: a local one)")
+    ev.set_defaults(func=cmd_evaluate)
 
     export = commands.add_parser("export", help="write a checkpoint's inference export (EMA weights as "
                                                 "safetensors + model.json)")
