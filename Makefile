@@ -29,6 +29,8 @@ $(VENV)/.installed: pyproject.toml
 	uv venv -q --allow-existing $(VENV) --python python3
 	uv pip install -q --python $(PY) $(FIND_LINKS) -e '.[dev,paper,train,augment]'
 	uv pip install -q --python $(PY) --no-deps syncnet-python==0.2.3
+	# the metric references the parity tests run (their declared torchvision would break this environment)
+	uv pip install -q --python $(PY) --no-deps pytorch-fid==0.3.0 lpips==0.1.4 cd-fvd==0.1.1
 	@touch $@
 
 demo: install

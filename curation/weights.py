@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -109,6 +110,60 @@ REGISTRY: dict[str, WeightSpec] = {
             size_bytes=54_573_114,
             licence="MIT (joonson/syncnet_python)",
             description="SyncNet reference weights (Sync-C / Sync-D / AV offset; both profiles)",
+            auto_fetch=True,
+        ),
+        WeightSpec(
+            name="i3d_400",
+            relpath="fvd/i3d_pretrained_400.pt",
+            # VideoGPT's conversion of TF-Hub deepmind/i3d-kinetics-400/1 (VideoGPT and TATS ship it; VideoGPT
+            # publishes no checksum). The sha256 is the git-lfs object id of the Open-Sora-Plan v1.0.0 copy
+            # (second URL); a copy with other bytes fails the fetch rather than being used.
+            urls=(
+                "https://huggingface.co/spaces/LanguageBind/Open-Sora-Plan-v1.0.0/resolve/"
+                "810fa8c4bdb3a4c8eec9bd57375c29bde6fb46de/opensora/eval/fvd/videogpt/i3d_pretrained_400.pt",
+                "https://media.githubusercontent.com/media/camenduru/Open-Sora-Plan-v1.0.0-hf/"
+                "a22080372b0d3a03e503b83f527b617ea9267fb1/opensora/eval/fvd/videogpt/i3d_pretrained_400.pt",
+                "https://github.com/songweige/TATS/raw/main/tats/fvd/i3d_pretrained_400.pt",
+            ),
+            sha256="55095f049e706479d48e221adcdb145b2b9dc930ba28b081ed72367ffaa32343",
+            size_bytes=50_939_526,
+            licence="Apache-2.0 (DeepMind kinetics-i3d weights; converted by VideoGPT, MIT)",
+            description="I3D Kinetics-400 (PyTorch InceptionI3d port of VideoGPT/TATS/cd-fvd) for FVD "
+                        "(metrics.fvd.InceptionI3d.from_file)",
+            auto_fetch=True,
+        ),
+        WeightSpec(
+            name="pt_inception",
+            relpath="fid/pt_inception-2015-12-05-6726825d.pth",
+            urls=("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                  "pt_inception-2015-12-05-6726825d.pth",),
+            sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+            size_bytes=95_628_359,
+            licence="Apache-2.0 (mseitzer/pytorch-fid; port of TensorFlow's inception-2015-12-05)",
+            description="pytorch-fid's FID InceptionV3, 2048-d pool features (metrics.fid.FIDInceptionV3.from_file)",
+        ),
+        WeightSpec(
+            name="alexnet",
+            relpath="lpips/alexnet-owt-7be5be79.pth",
+            urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",),
+            sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
+            size_bytes=244_408_911,
+            licence="BSD-3-Clause (torchvision)",
+            description="torchvision's ImageNet AlexNet, the LPIPS backbone (metrics.lpips.LPIPS.from_files)",
+        ),
+        WeightSpec(
+            name="lpips_alex_v0.1",
+            relpath="lpips/v0.1/alex.pth",
+            urls=(
+                # the lpips wheel ships this file: a copy in an installed lpips package is taken before the network
+                *(Path(folder, "weights/v0.1/alex.pth").as_uri()
+                  for folder in getattr(importlib.util.find_spec("lpips"), "submodule_search_locations", None) or ()),
+                "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/alex.pth",
+            ),
+            sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
+            size_bytes=6_009,
+            licence="BSD-2-Clause (richzhang/PerceptualSimilarity)",
+            description="LPIPS v0.1 linear layers on AlexNet (metrics.lpips.LPIPS.from_files)",
             auto_fetch=True,
         ),
         WeightSpec(

@@ -176,8 +176,9 @@ class Scorers:
         if kind == "sync":
             from curation.scorers.sync_syncnet import SyncNetScorer
 
-            sync = SyncConfig(weights=self.path("syncnet_v2"))
-            return SyncNetScorer(sync, device=self.device)
+            scorer = SyncNetScorer(SyncConfig(weights=self.path("syncnet_v2")), device=self.device)
+            scorer.ensure_setup()
+            return scorer
         if kind == "csim":
             from curation.augment.faceswap import FaceIdentity
 
