@@ -53,6 +53,17 @@ def megactor(prefect_api, weights_root, random_syncnet_weights):
     return run
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, megactor, tiny_manifest):
+    """The three stages chained through ``megactor train --stage all`` (tiny model, 64 px, two steps each):
+    the training flow's test and the animation and evaluation flows' input."""
+    output = tmp_path_factory.mktemp("train")
+    done = megactor("train", "--stage", "all", "--manifest", str(tiny_manifest.parent), "--output", str(output),
+                    "--set", "model.preset=tiny", "--set", "data.resolution=64", "--set", "steps=2",
+                    "--set", "loader_workers=1", "--set", "checkpoint_every=1", timeout=900)
+    return output, done
+
+
 def subset(directory: Path, videos_dir: Path, names: list[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name in names:

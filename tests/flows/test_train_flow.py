@@ -11,15 +11,6 @@ import torch
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, megactor, tiny_manifest):
-    output = tmp_path_factory.mktemp("train")
-    done = megactor("train", "--stage", "all", "--manifest", str(tiny_manifest.parent), "--output", str(output),
-                    "--set", "model.preset=tiny", "--set", "data.resolution=64", "--set", "steps=2",
-                    "--set", "loader_workers=1", "--set", "checkpoint_every=1", timeout=900)
-    return output, done
-
-
 def _state(path):
     return torch.load(path / "final" / "state.pt", map_location="cpu", weights_only=True)
 
@@ -34,6 +25,9 @@ def test_three_stages_chain_through_the_flow(trained):
         assert any((run / "tensorboard").iterdir())
         assert (run / "ray").is_dir()  # it ran on Ray Train
         assert f"stage {stage}: 2 steps" in done.stdout
+        meta = json.loads((run / "final" / "model.json").read_text())  # the pickle-free inference export
+        assert (run / "final" / "model.safetensors").is_file() and meta["stage"] == stage
+        assert meta["weights"] == "ema" and meta["step"] == 2 and meta["data"]["resolution"] == 64
     assert _state(output / "stage2")["config"]["init_from"] == str(output / "stage1" / "final")
     assert _state(output / "stage3")["config"]["init_from"] == str(output / "stage2" / "final")
 
