@@ -173,8 +173,8 @@ REGISTRY: dict[str, WeightSpec] = {
             sha256="",
             size_bytes=334_643_276,
             licence="MIT",
-            description="Stable Diffusion VAE (ft-EMA), the latent space PixArt-alpha was trained in (training; "
-                        "model.vae_dir)",
+            description="Stable Diffusion VAE (ft-EMA), the latent space PixArt-alpha was trained in (training and "
+                        "inference; model.vae_dir)",
             files=(FolderFile("config.json", None),
                    FolderFile("diffusion_pytorch_model.safetensors",
                               "32db726da04f06c1b6b14c0043ce115cc87a501482945c5add89a40d838fcb46", 334_643_276)),
@@ -186,8 +186,8 @@ REGISTRY: dict[str, WeightSpec] = {
             sha256="",
             size_bytes=151_061_672,
             licence="Apache-2.0",
-            description="Whisper tiny, frozen audio encoder for the audio attention layers (training; "
-                        "model.whisper_dir)",
+            description="Whisper tiny, frozen audio encoder for the audio attention layers (training and "
+                        "inference; model.whisper_dir)",
             files=(FolderFile("config.json", None), FolderFile("preprocessor_config.json", None),
                    FolderFile("model.safetensors",
                               "7ebd0e69e78190ffe1438491fa05cc1f5c1aa3a4c4db3bc1723adbb551ea2395", 151_061_672)),

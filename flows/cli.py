@@ -238,6 +238,10 @@ def cmd_weights(args: argparse.Namespace) -> int:
 
         made = build_components(load_augment_config(), "mediapipe", "cpu").values()
         names += [name for component in made for name in component.weight_sources()]
+    if args.evaluate:
+        from flows.evaluate import EVAL_WEIGHTS
+
+        names += ["sd-vae-ft-ema", "whisper-tiny", "face_landmarker", *EVAL_WEIGHTS]
     names = list(dict.fromkeys(names)) or sorted(weights.REGISTRY)
     for name in names:
         weights.get_spec(name)  # an unknown name fails before anything is downloaded
@@ -520,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     wts.add_argument("--profile", choices=["lite", "paper"], help="the models a curation profile needs")
     wts.add_argument("--augment", action="store_true",
                      help="the models `megactor augment` needs (face swap, stylization, landmarks)")
+    wts.add_argument("--evaluate", action="store_true",
+                     help="the models `megactor animate` and `megactor evaluate` need (VAE, Whisper, faces, metrics)")
     wts.set_defaults(func=cmd_weights)
 
     sync = commands.add_parser("sync", help="SyncNet scores of a cropped face video (AV offset, Sync-D, Sync-C)",

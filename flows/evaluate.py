@@ -41,6 +41,8 @@ from curation.encode import AudioSpan
 from curation.errors import ConfigError, MegactorError
 from curation.io import write_text_atomic
 
+# what the metrics load (registry names): FID, FVD, LPIPS (two files), Sync-C/D, CSIM (detector, ArcFace)
+EVAL_WEIGHTS = ("pt_inception", "i3d_400", "alexnet", "lpips_alex_v0.1", "syncnet_v2", "det_10g", "w600k_r50")
 MODE_LABELS = {"audio": "A", "visual": "V", "mixed": "A+V"}
 METRICS = ("fid", "fvd", "lpips", "sync", "csim")
 # Table 3/4 columns: the paper's five, then identity similarity; the arrow says which way is better
