@@ -7,7 +7,6 @@ worker process and reused by the jobs that land there."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,26 +166,17 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
 def run_animate_batch(jobs_file: str | Path, checkpoint: str | Path, *, device: str = "auto",
                       scheduler: str = "ddim", ray_address: str | None = None, overwrite: bool = False,
                       executor: str = "ray") -> list[dict[str, Any]]:
-    from prefect.task_runners import ThreadPoolTaskRunner
-
+    from flows.curate import ray_task_runner
     from training.export import find_export
 
     jobs = load_jobs(jobs_file)
     folder = str(find_export(checkpoint).resolve())  # fails now, not in every task, when nothing is there
-    gpus = 0.0
-    if executor == "local":
-        runner = ThreadPoolTaskRunner(max_workers=1)
-    else:
+    runner, gpus = ray_task_runner(ray_address, executor=executor), 0.0
+    if executor != "local":  # one GPU per job where the cluster has GPUs
         import ray
-        from prefect_ray import RayTaskRunner
 
-        env = {k: v for k, v in os.environ.items() if k.startswith("MEGACTOR_")}
-        kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "ignore_reinit_error": True}
-        if ray_address is None:
-            kwargs["include_dashboard"] = False
-        ray.init(address=ray_address, **kwargs)
+        ray.init(address=ray_address, **runner.init_kwargs)
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 and device in ("auto", "cuda") else 0.0
-        runner = RayTaskRunner(address=ray_address, init_kwargs=kwargs)
     results = Path(jobs_file).resolve().with_suffix(".results.csv")
     flow_fn = animate_batch.with_options(task_runner=runner)
     return flow_fn(jobs, folder, str(results), device=device, scheduler=scheduler, overwrite=overwrite,

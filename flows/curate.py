@@ -152,15 +152,21 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
 
 def task_runner(config: CurationConfig, executor: str = "ray"):
     """Ray (local by default, or ``runtime.ray_address``) or, for debugging, Prefect's thread pool."""
+    return ray_task_runner(config.runtime.ray_address, num_cpus=config.runtime.ray_num_cpus, executor=executor)
+
+
+def ray_task_runner(address: str | None, *, num_cpus: int | None = None, executor: str = "ray"):
+    """Every flow's runner: Ray at ``address`` (None: a local Ray without its dashboard, ``num_cpus`` CPUs), with
+    the settings workers need passed on, or (``executor="local"``) Prefect's thread pool, one task at a time."""
     if executor == "local":
         return ThreadPoolTaskRunner(max_workers=1)
     from prefect_ray import RayTaskRunner
 
     env = {name: os.environ[name] for name in ENV_FOR_WORKERS if name in os.environ}
     init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "ignore_reinit_error": True}
-    if config.runtime.ray_address is None:
-        init_kwargs.update(include_dashboard=False, num_cpus=config.runtime.ray_num_cpus)
-    return RayTaskRunner(address=config.runtime.ray_address, init_kwargs=init_kwargs)
+    if address is None:
+        init_kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+    return RayTaskRunner(address=address, init_kwargs=init_kwargs)
 
 
 def run_curation(config: CurationConfig, output: str | Path, executor: str = "ray") -> dict[str, Any]:

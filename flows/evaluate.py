@@ -461,21 +461,10 @@ def preflight(manifest: str | Path, config: EvalConfig, checkpoint: str | None,
 def run_evaluation(manifest: str | Path, output: str | Path, config: EvalConfig, *, checkpoint: str | None = None,
                    videos: dict[str, str] | None = None, ray_address: str | None = None,
                    executor: str = "ray") -> dict[str, Any]:
-    from prefect.task_runners import ThreadPoolTaskRunner
+    from flows.curate import ray_task_runner
 
     preflight(manifest, config, checkpoint, videos)
-    if executor == "local":
-        runner = ThreadPoolTaskRunner(max_workers=1)
-    else:
-        import os
-
-        from prefect_ray import RayTaskRunner
-
-        env = {k: v for k, v in os.environ.items() if k.startswith("MEGACTOR_")}
-        kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "ignore_reinit_error": True}
-        if ray_address is None:
-            kwargs["include_dashboard"] = False
-        runner = RayTaskRunner(address=ray_address, init_kwargs=kwargs)
+    runner = ray_task_runner(ray_address, executor=executor)
     flow_fn = evaluate.with_options(task_runner=runner)
     from curation.augment.pipeline import manifest_dir
 

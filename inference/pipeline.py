@@ -14,7 +14,7 @@ Modes (the training's modalities, ``training.data.MODALITIES``):
 
 Sampling follows the authors' released inference: the first latent is the reference's latent noised to the first
 timestep; classifier-free guidance drops the driving frames and the audio together (the unconditional branch keeps
-only the reference); long videos go through overlapping temporal windows (``window`` frames, half of them
+only the reference, as the training's ``data.uncond_prob`` samples do); long videos go through overlapping temporal windows (``window`` frames, half of them
 overlapping) whose noise predictions are averaged at every step, so any length is generated without a seam and
 nothing is cut to a window multiple. Deterministic samplers (DDIM, DPM-Solver++) read the noise prediction; the
 learned variance PixArt-α trains is not used by them.

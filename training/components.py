@@ -147,6 +147,8 @@ def training_loss(model, vae, audio_encoder, schedule, batch: dict[str, Any], co
             audio = audio_encoder(batch["audio"].to(device), num_frames=f, fps=data.fps / data.frame_stride,
                                   offset_s=data.audio_context_s)
         audio_mask = batch["modality"].to(device) != 0  # visual-only samples: the audio branch is off
+        if "unconditional" in batch:  # and the unconditional ones (no driving frames either)
+            audio_mask = audio_mask & ~batch["unconditional"].to(device).bool()
 
     noise = torch.randn(latents.shape, generator=generator, device=device)
     timesteps = torch.randint(0, TRAIN_TIMESTEPS, (b,), generator=generator, device=device)

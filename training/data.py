@@ -100,6 +100,9 @@ class DataConfig:
     audio_sample_rate: int = 16000
     audio_context_s: float = 0.2  # audio kept on each side of the segment (Whisper context); zeros past the clip
     audioless: str = "drop"  # stages 2/3: "drop" clips without audio, or use them as "visual"-only samples
+    # samples with neither driving frames nor audio (only the reference): the unconditional branch inference's
+    # classifier-free guidance takes (the paper gives no rate; 5 % is ours)
+    uncond_prob: float = 0.05
     seed: int = 0
     only_kept: bool = True  # rows with keep == True only
 
@@ -117,6 +120,8 @@ class DataConfig:
         self.face_dropout = _weights("face_dropout", self.face_dropout, DROPOUT_CHOICES)
         if self.driving_mix["real"] <= 0:
             raise ConfigError("data.driving_mix['real'] must be > 0: clips without variants drive from real frames")
+        if not 0.0 <= self.uncond_prob < 1.0:
+            raise ConfigError(f"data.uncond_prob must be in [0, 1), got {self.uncond_prob}")
         for name in ("grayscale_prob", "scale_prob", "aspect_prob", "color_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -165,6 +170,7 @@ class SamplePlan:
     aspect: float  # driving-frame width/height stretch (1.0: none)
     color: tuple[float, float, float] = (1.0, 1.0, 1.0)  # brightness, contrast, saturation factors (1: none)
     driving_variant: int = 0  # which of the clip's variants of ``driving_source`` (0 for real)
+    unconditional: bool = False  # no driving frames and no audio (classifier-free guidance's branch)
 
 
 class ManifestDataset(Dataset):
@@ -287,10 +293,11 @@ class ManifestDataset(Dataset):
         variant = 0
         if source != "real":  # drawn last, and only for variants: plans of clips without variants stay as they were
             variant = int(rng.integers(0, len(self._variants[source][index])))
+        unconditional = bool(rng.random() < cfg.uncond_prob)  # drawn last: every draw above is unchanged
         return SamplePlan(index=index, epoch=epoch, clip_id=self._clip_ids[index], start_frame=start,
                           reference_frame=reference, modality=modality, drive_eyes=drive_eyes,
                           drive_mouth=drive_mouth, driving_source=source, grayscale=grayscale, scale=scale,
-                          aspect=aspect, color=color, driving_variant=variant)
+                          aspect=aspect, color=color, driving_variant=variant, unconditional=unconditional)
 
     # -- the sample ------------------------------------------------------------------------------------------
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any] | None:
@@ -326,9 +333,9 @@ class ManifestDataset(Dataset):
         else:
             loss_mask = np.ones_like(eye_mask)
         driven = np.zeros_like(eye_mask)
-        if plan.drive_eyes:
+        if plan.drive_eyes and not plan.unconditional:
             driven = np.maximum(driven, eye_mask)
-        if plan.drive_mouth:
+        if plan.drive_mouth and not plan.unconditional:
             driven = np.maximum(driven, mouth_mask)
 
         source = plan.driving_source
@@ -345,7 +352,7 @@ class ManifestDataset(Dataset):
         driving, driving_mask = augment_driving(driving, driven, plan)
 
         audio = np.zeros(cfg.audio_samples, dtype=np.float32)
-        if self.stage > 1 and plan.modality != MODALITY_VISUAL and row.get("has_audio"):
+        if self.stage > 1 and plan.modality != MODALITY_VISUAL and row.get("has_audio") and not plan.unconditional:
             audio = self._audio(row, segment_start)
 
         return {
@@ -360,6 +367,7 @@ class ManifestDataset(Dataset):
             "modality": torch.tensor(plan.modality, dtype=torch.int64),
             "drive_eyes": torch.tensor(plan.drive_eyes),
             "drive_mouth": torch.tensor(plan.drive_mouth),
+            "unconditional": torch.tensor(plan.unconditional),
             "clip_id": plan.clip_id,
             "driving_source": source,
         }

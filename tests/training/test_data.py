@@ -9,6 +9,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -239,7 +240,7 @@ def test_masks_land_on_the_face(manifest_dir, faces):
             assert face[eyes > 0].all() and face[mouth > 0].all()
             rgb = np.ascontiguousarray(((sample["frames"][f].permute(1, 2, 0) + 1) * 127.5).round().numpy()
                                        .astype(np.uint8))
-            point = scorer._frame(0.0, rgb, 192, 192)
+            point, _ = scorer.analyse(0.0, rgb, 192, 192)
             assert point["n_faces"] == 1
             for key, mask in (("eyes_box", eyes), ("mouth_box", mouth)):
                 x0, y0, x1, y1 = point[key]
@@ -352,3 +353,20 @@ def test_no_plan_asks_for_a_frame_past_the_end_of_the_video(tiny_manifest, video
         assert dataset[index] is not None, Path(path).name
         monkeypatch.undo()
     assert any(probe.duration_s > probe.n_frames / probe.fps_avg for probe in probes)  # the case is present
+
+
+def test_unconditional_samples_have_neither_driving_frames_nor_audio(manifest_dir):
+    dataset = _dataset(manifest_dir, stage=2, modality_mix={"mixed": 1.0}, uncond_prob=0.05)
+    plans = [dataset.sample_plan(i % len(dataset), epoch) for epoch in range(1000) for i in range(len(dataset))]
+    share = sum(plan.unconditional for plan in plans) / len(plans)
+    assert share == pytest.approx(0.05, abs=0.01)
+    # drawn last: switching it off changes no other decision of any sample
+    off = _dataset(manifest_dir, stage=2, modality_mix={"mixed": 1.0}, uncond_prob=0.0)
+    same = [off.sample_plan(p.index, p.epoch) for p in plans[:200]]
+    assert [replace(p, unconditional=False) for p in plans[:200]] == same
+    epoch, index = next((p.epoch, p.index) for p in plans if p.unconditional and p.index == 0)
+    sample = dataset[(epoch, index)]
+    assert bool(sample["unconditional"]) and sample["modality"] == MODALITY_MIXED
+    assert torch.count_nonzero(sample["driving"]) == 0 and torch.count_nonzero(sample["audio"]) == 0
+    with pytest.raises(ConfigError, match="uncond_prob"):
+        DataConfig(uncond_prob=1.0)
