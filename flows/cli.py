@@ -406,6 +406,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         summary = run_evaluation(args.manifest, args.output, config, checkpoint=args.checkpoint, videos=videos,
                                  ray_address=args.ray_address)
     print(markdown_table(summary["results"], {}).split("## Protocol")[0].strip())
+    for item in summary["generation_errors"]:
+        print(f"warning: {item['clip_id']} ({item['mode']}) was not generated: {item['error']}", file=sys.stderr)
     print(f"results: {Path(args.output).resolve() / 'results.md'} (protocol and weights' sha256 inside)")
     return 0
 
