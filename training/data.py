@@ -103,6 +103,10 @@ class DataConfig:
     # samples with neither driving frames nor audio (only the reference): the unconditional branch inference's
     # classifier-free guidance takes (the paper gives no rate; 5 % is ours)
     uncond_prob: float = 0.05
+    # > 0: leave out the identities `megactor evaluate` tests on (curation.splits with the same fraction and seed,
+    # over the same kept clips), so that an evaluation never scores a speaker the model trained on
+    holdout_fraction: float = 0.0
+    holdout_seed: int = 0
     seed: int = 0
     only_kept: bool = True  # rows with keep == True only
 
@@ -120,6 +124,8 @@ class DataConfig:
         self.face_dropout = _weights("face_dropout", self.face_dropout, DROPOUT_CHOICES)
         if self.driving_mix["real"] <= 0:
             raise ConfigError("data.driving_mix['real'] must be > 0: clips without variants drive from real frames")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError(f"data.holdout_fraction must be in [0, 1), got {self.holdout_fraction}")
         if not 0.0 <= self.uncond_prob < 1.0:
             raise ConfigError(f"data.uncond_prob must be in [0, 1), got {self.uncond_prob}")
         for name in ("grayscale_prob", "scale_prob", "aspect_prob", "color_prob"):
@@ -238,6 +244,15 @@ class ManifestDataset(Dataset):
             table = table.filter(pc.fill_null(pc.equal(table["keep"], True), False))
             self.excluded["not_kept"] += total - len(table)
         keep = np.ones(len(table), dtype=bool)
+        if self.config.holdout_fraction > 0 and len(table):
+            from curation.splits import split_rows
+
+            columns = [c for c in ("clip_id", "source_path", "speaker_id", "video_id") if c in table.column_names]
+            split = split_rows(table.select(columns).to_pylist(), test_fraction=self.config.holdout_fraction,
+                               seed=self.config.holdout_seed)
+            held = np.asarray([side == "test" for side in split.column("split").to_pylist()], dtype=bool)
+            self.excluded["held_out_for_evaluation"] += int(held.sum())
+            keep &= ~held
         too_short = _usable_frames(table, self.config.fps) < max(self.config.segment_frames, 2)
         no_face = np.asarray(table.column("face_box").is_null().to_pylist(), dtype=bool)
         no_audio = ~np.asarray([bool(v) for v in table.column("has_audio").to_pylist()], dtype=bool)

@@ -370,3 +370,16 @@ def test_unconditional_samples_have_neither_driving_frames_nor_audio(manifest_di
     assert torch.count_nonzero(sample["driving"]) == 0 and torch.count_nonzero(sample["audio"]) == 0
     with pytest.raises(ConfigError, match="uncond_prob"):
         DataConfig(uncond_prob=1.0)
+
+
+def test_holdout_leaves_out_the_identities_evaluation_tests_on(manifest_dir):
+    from curation.splits import split_manifest
+
+    _, split = split_manifest(manifest_dir, test_fraction=0.1, seed=3)
+    test_clips = {c for c, s in zip(split["clip_id"].to_pylist(), split["split"].to_pylist(), strict=True)
+                  if s == "test"}
+    assert test_clips  # a test side is never empty
+    full = _dataset(manifest_dir, stage=1)
+    held = _dataset(manifest_dir, stage=1, holdout_fraction=0.1, holdout_seed=3)
+    assert set(held.rows.column("clip_id").to_pylist()) == set(full.rows.column("clip_id").to_pylist()) - test_clips
+    assert held.excluded["held_out_for_evaluation"] == len(test_clips)
