@@ -148,6 +148,9 @@ class AnimationPipeline:
 
         # 2. the audio, and the length of the video (the audio's duration, else the driving video's)
         span, waveform = self._audio(audio)
+        driven_modes = flags["eyes"] or flags["mouth"]
+        if not driven_modes:  # audio mode: a driving video given anyway is not read
+            driving = None
         if driving is not None and not isinstance(driving, Driving):
             max_frames = None if span is None else frame_count(span.duration_s, None, self.fps)
             video = self._face().video(driving, self.fps, max_frames=max_frames)
@@ -160,7 +163,7 @@ class AnimationPipeline:
 
         # 3. the driving frames: amplitude-adjusted, aligned to the reference, only the driven regions kept
         res = self.resolution
-        if flags["eyes"] or flags["mouth"]:
+        if driven_modes:
             driving = driving.extended(frames)
             warps = driving_warps(driving, reference, alphas, align)
             pixels, driven, mouth = driving_inputs(driving, warps, drive_eyes=flags["eyes"],
