@@ -239,7 +239,7 @@ def cmd_weights(args: argparse.Namespace) -> int:
         made = build_components(load_augment_config(), "mediapipe", "cpu").values()
         names += [name for component in made for name in component.weight_sources()]
     if args.evaluate:
-        from flows.evaluate import EVAL_WEIGHTS
+        from flows.evaluation_config import EVAL_WEIGHTS
 
         names += ["sd-vae-ft-ema", "whisper-tiny", "face_landmarker", *EVAL_WEIGHTS]
     names = list(dict.fromkeys(names)) or sorted(weights.REGISTRY)
@@ -372,7 +372,7 @@ def _number_or_path(text: str) -> float | str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from contextlib import nullcontext
 
-    from flows.evaluate import EvalConfig
+    from flows.evaluation_config import EvalConfig, preflight
 
     data: dict[str, Any] = {}
     if args.config:
@@ -393,7 +393,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for item in args.videos or []:
         label, _, folder = item.rpartition("=")
         videos[label or Path(folder).name] = folder
-    from flows.evaluate import preflight
     from flows.server import LocalPrefectServer
 
     preflight(args.manifest, config, args.checkpoint, videos)  # before a server starts
