@@ -18,13 +18,31 @@ ifneq ($(wildcard $(SHARED)/weights),)
 export MEGACTOR_WEIGHTS_DIR ?= $(SHARED)/weights
 endif
 
-.PHONY: install demo test lint bench clean
+.PHONY: install system-deps demo test lint bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
-	  echo "ffmpeg and ffprobe are required: apt-get install ffmpeg (Debian/Ubuntu) or brew install ffmpeg"; exit 1; }
+# What pip cannot install: ffmpeg, and the libraries OpenCV (from mediapipe) loads. As root on Debian/Ubuntu they
+# are installed; otherwise the exact command is printed.
+system-deps:
+	@missing=""; \
+	command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || missing="ffmpeg"; \
+	if command -v ldconfig >/dev/null; then \
+	  ldconfig -p | grep -q 'libGL.so.1' || missing="$$missing libgl1"; \
+	  ldconfig -p | grep -q 'libglib-2.0.so.0' || missing="$$missing libglib2.0-0"; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$${missing:+ }$$missing with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing"; \
+	    echo "install them with: sudo apt-get install -y$$missing   (Debian/Ubuntu; macOS: brew install ffmpeg)"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml | system-deps
 	@command -v uv >/dev/null || python3 -m pip install -q uv
 	uv venv -q --allow-existing $(VENV) --python python3
 	uv pip install -q --python $(PY) $(FIND_LINKS) -e '.[dev,paper,train,augment]'

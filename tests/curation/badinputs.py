@@ -1,13 +1,15 @@
-"""Small broken and awkward media files, generated with the ffmpeg CLI from one real clip.
+"""Small broken and awkward media files (and file-system entries), generated with the ffmpeg CLI from one real clip.
 
-Everything is derived from one 3 s, 320x240 encode (stream copies and byte cuts where possible), so the whole
-set builds in about a second. The files exercise what public video throws at the media layer: what must fail
-with a typed error, what must probe fine and be rejected later by a gate, and what must simply work.
+Everything is derived from one 3 s, 320x240 encode (stream copies and byte cuts where possible, short ultrafast
+re-encodes otherwise), so the whole set builds in a few seconds. The files exercise what public video throws at
+the media layer and the lister: what must fail with a typed error, what must probe fine and be rejected later
+by a gate, what must simply work, and what must be refused before anything reads it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -64,8 +66,23 @@ def _cut(src: Path, dst: Path, fraction: float) -> None:
     dst.write_bytes(data[: int(len(data) * fraction)])
 
 
+def _flip_middle(src: Path, dst: Path, n_bytes: int = 4096) -> None:
+    """Invert ``n_bytes`` from the middle of the file: in a moov-at-the-end MP4 that is the middle of the frame
+    data, so the index is intact and probing succeeds while some frames are corrupt."""
+    data = bytearray(src.read_bytes())
+    start = len(data) // 2
+    data[start:start + n_bytes] = bytes(b ^ 0xFF for b in data[start:start + n_bytes])
+    dst.write_bytes(bytes(data))
+
+
+def outside_root(directory: Path) -> Path:
+    """The sibling directory ``make_bad_inputs`` puts the targets of its escaping symlinks in."""
+    return directory.parent / f"{directory.name}_outside"
+
+
 def make_bad_inputs(directory: Path, real_clip: Path) -> dict[str, Path]:
-    """Build the set under ``directory`` from ``real_clip`` (which must have video and audio).
+    """Build the set under ``directory`` from ``real_clip`` (which must have video and audio); the targets of the
+    two escaping links go in the sibling ``outside_root(directory)``, outside the data root.
 
     Keys and what each file is:
       valid           3 s, 320x240 H.264 + AAC: the healthy baseline everything else is derived from
@@ -80,6 +97,24 @@ def make_bad_inputs(directory: Path, real_clip: Path) -> dict[str, Path]:
       rotated         ``valid`` with rotation metadata: 90 degrees clockwise, display size 240x320
       hevc            H.265 re-encode (left out when this ffmpeg has no libx265)
       unicode_path    ``valid`` under "dir with space/clip ñ 東京.mp4"
+      bitflip         ``valid`` with 4 KiB inverted in the middle of the frame data (index intact)
+      high10          10-bit H.264 (High 10, yuv420p10le); x265 Main 10 when this libx264 is 8-bit only
+      one_frame       a single video frame, no audio
+      under_half_s    ``valid`` cut to 0.4 s
+      uhd_4k          1 s at 3840x2160 with audio
+      webm            VP9 + Opus in WebM (left out when this ffmpeg has no libvpx-vp9 / libopus)
+      avi             MJPEG + 16-bit PCM in AVI
+      two_audio       video + the same AAC stream twice
+      mp4_as_mov      ``valid`` named .mov
+      mp4_as_mkv      ``valid`` (an MP4) named .mkv: the extension lies about the container
+      dangling        a symlink to a file that does not exist
+      dir_named_mp4   an empty directory named "dir.mp4"
+      fifo            a named pipe named .mp4 (opening it for reading would block forever)
+      unreadable      ``valid`` with mode 000 (still readable when the tests run as root)
+      link_inside     a relative symlink to ``valid``, inside the root: must work like the file
+      link_outside    an absolute symlink to a copy of ``valid`` outside the root (followed by default,
+                      refused with ``follow_symlinks_outside_root=False``)
+      link_dotdot     a relative symlink "../<dir>_outside/valid.mp4" that climbs out of the root: always refused
     """
     directory.mkdir(parents=True, exist_ok=True)
     out = {name: directory / f"{name}.mp4" for name in ("valid", "truncated", "truncated_moov", "zero_byte")}
@@ -130,4 +165,59 @@ def make_bad_inputs(directory: Path, real_clip: Path) -> dict[str, Path]:
     out["unicode_path"] = directory / UNICODE_NAME
     out["unicode_path"].parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(out["valid"], out["unicode_path"])
+    _add_more(directory, out, real_clip)
     return out
+
+
+def _add_more(directory: Path, out: dict[str, Path], real_clip: Path) -> None:
+    valid = out["valid"]
+    out["bitflip"] = directory / "bitflip.mp4"
+    _flip_middle(valid, out["bitflip"])
+    out["high10"] = directory / "high10.mp4"
+    try:
+        _ffmpeg("-i", valid, "-c:v", "libx264", "-preset", "ultrafast", "-profile:v", "high10",
+                "-pix_fmt", "yuv420p10le", "-c:a", "copy", out["high10"])
+    except RuntimeError:
+        _ffmpeg("-i", valid, "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
+                "-profile:v", "main10", "-pix_fmt", "yuv420p10le", "-tag:v", "hvc1", "-c:a", "copy", out["high10"])
+    out["one_frame"] = directory / "one_frame.mp4"
+    _ffmpeg("-i", valid, "-frames:v", "1", "-an", "-c:v", "libx264", "-preset", "ultrafast", out["one_frame"])
+    out["under_half_s"] = directory / "under_half_s.mp4"
+    _ffmpeg("-i", valid, "-t", "0.4", "-c", "copy", out["under_half_s"])
+    out["uhd_4k"] = directory / "uhd_4k.mp4"
+    _ffmpeg("-i", valid, "-t", "1", "-vf", "scale=3840:2160", "-c:v", "libx264", "-preset", "ultrafast",
+            "-crf", "40", "-c:a", "copy", out["uhd_4k"])
+    try:
+        webm = directory / "vp9_opus.webm"
+        _ffmpeg("-i", valid, "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k",
+                "-c:a", "libopus", "-b:a", "32k", "-ar", "48000", webm)
+        out["webm"] = webm
+    except RuntimeError:
+        pass  # no libvpx-vp9 or libopus in this ffmpeg build
+    out["avi"] = directory / "mjpeg_pcm.avi"
+    _ffmpeg("-i", valid, "-c:v", "mjpeg", "-q:v", "8", "-pix_fmt", "yuvj420p", "-c:a", "pcm_s16le", out["avi"])
+    out["two_audio"] = directory / "two_audio.mp4"
+    _ffmpeg("-i", valid, "-map", "0:v", "-map", "0:a", "-map", "0:a", "-c", "copy", out["two_audio"])
+    out["mp4_as_mov"] = directory / "mp4_as_mov.mov"
+    shutil.copyfile(valid, out["mp4_as_mov"])
+    out["mp4_as_mkv"] = directory / "mp4_as_mkv.mkv"
+    shutil.copyfile(valid, out["mp4_as_mkv"])
+
+    out["dangling"] = directory / "dangling.mp4"
+    out["dangling"].symlink_to(directory / "no-such-target.mp4")
+    out["dir_named_mp4"] = directory / "dir.mp4"
+    out["dir_named_mp4"].mkdir()
+    out["fifo"] = directory / "fifo.mp4"
+    os.mkfifo(out["fifo"])
+    out["unreadable"] = directory / "unreadable.mp4"
+    shutil.copyfile(valid, out["unreadable"])
+    out["unreadable"].chmod(0)
+    out["link_inside"] = directory / "link_inside.mp4"
+    out["link_inside"].symlink_to(valid.name)
+    outside = outside_root(directory)
+    outside.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(valid, outside / "valid.mp4")
+    out["link_outside"] = directory / "link_outside.mp4"
+    out["link_outside"].symlink_to((outside / "valid.mp4").resolve())
+    out["link_dotdot"] = directory / "link_dotdot.mp4"
+    out["link_dotdot"].symlink_to(Path("..") / outside.name / "valid.mp4")
