@@ -206,3 +206,15 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         origin = str(path)
     config = validate(data, origin=origin)
     return config.with_overrides(overrides) if overrides else config
+
+
+def config_for_inputs(inputs: list[str | Path], *, kind: str = "folder", dataset: str | None = None,
+                      config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CurationConfig:
+    """What ``megactor curate`` and the curate deployment run: the embedded defaults, a YAML file, dotted
+    overrides, then the input folders as the sources (none: the config's own)."""
+    config = load_config(config_file, overrides or {})
+    if inputs:
+        roots = [SourceConfig(kind=kind, root=Path(p).resolve(), dataset=dataset) for p in inputs]
+        config = validate({**config.to_dict(), "sources": [s.model_dump(mode="json") for s in roots]})
+    return config
+

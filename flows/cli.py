@@ -24,6 +24,7 @@ EPILOG = """examples:
   megactor evaluate --checkpoint runs/train --manifest runs/hdtf --output runs/eval
   megactor inventory --input ~/data/vox2 --kind voxceleb2
   megactor summary runs/hdtf
+  megactor report runs/hdtf
   megactor weights list
 
 environment: MEGACTOR_WEIGHTS_DIR (model cache), PREFECT_API_URL (a Prefect server; unset: a local one is
@@ -76,15 +77,11 @@ def _add_threshold_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace, with_input: bool):
-    from curation.config import load_config
+    from curation.config import config_for_inputs
 
-    config = load_config(getattr(args, "config", None), _overrides(args))
-    if with_input and args.input:
-        from curation.config import SourceConfig, validate
-
-        roots = [SourceConfig(kind=args.kind, root=Path(p).resolve(), dataset=args.dataset) for p in args.input]
-        config = validate({**config.to_dict(), "sources": [s.model_dump(mode="json") for s in roots]})
-    return config
+    inputs = (args.input or []) if with_input else []
+    return config_for_inputs(inputs, kind=getattr(args, "kind", "folder"), dataset=getattr(args, "dataset", None),
+                             config_file=getattr(args, "config", None), overrides=_overrides(args))
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -219,6 +216,13 @@ def cmd_summary(args: argparse.Namespace) -> int:
     rtf = summary.get("scoring_realtime_factor")
     if rtf:
         print(f"scoring speed: {rtf:.2f} s of video per scorer-second")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from curation.report import build_report
+
+    print(build_report(args.run, args.output))
     return 0
 
 
@@ -411,6 +415,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from flows.server import LocalPrefectServer
+
+    server = nullcontext() if os.environ.get("PREFECT_API_URL") else LocalPrefectServer(keep=False)
+    with server as running:
+        where = running.ui_url if running is not None else os.environ["PREFECT_API_URL"].removesuffix("/api")
+        print(f"Prefect UI: {where}; deployments: {', '.join(args.flows or ['all'])} (Ctrl-C stops)", flush=True)
+        from flows.deployments import serve  # after PREFECT_API_URL is set
+
+        serve(args.flows, limit=args.limit)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_checkpoint
 
@@ -516,6 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--json", action="store_true")
     summ.set_defaults(func=cmd_summary)
 
+    rep = commands.add_parser("report", help="write a run's dataset report (HTML page with figures)")
+    rep.add_argument("run", metavar="RUN", help="a run's output directory (or its manifest directory)")
+    rep.add_argument("--output", metavar="DIR", help="where the page goes (default: RUN/report)")
+    rep.set_defaults(func=cmd_report)
+
     wts = commands.add_parser("weights", help="list or fetch model weights",
                               description="Model files: where they come from, their licence, whether they are here. "
                                           "Cache: MEGACTOR_WEIGHTS_DIR (default ~/.cache/megactor/weights); "
@@ -592,6 +616,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--set", action="append", metavar="KEY=VALUE", help="an EvalConfig setting (repeatable)")
     ev.add_argument("--ray-address", help="a Ray cluster (default: a local one)")
     ev.set_defaults(func=cmd_evaluate)
+
+    srv = commands.add_parser(
+        "serve", help="serve the flows as Prefect deployments (run them from the UI, `prefect deployment run` or "
+                      "the API)",
+        description="Deployments: megactor-curate-run/curate, megactor-augment-run/augment, megactor-train-run/"
+                    "train, megactor-animate-run/animate, megactor-evaluate-run/evaluate. Against PREFECT_API_URL, "
+                    "or a local server started for as long as this runs.")
+    srv.add_argument("flows", nargs="*", metavar="FLOW", help="curate, augment, train, animate, evaluate (default: all)")
+    srv.add_argument("--limit", type=int, help="at most this many runs at once")
+    srv.set_defaults(func=cmd_serve)
 
     export = commands.add_parser("export", help="write a checkpoint's inference export (EMA weights as "
                                                 "safetensors + model.json)")
