@@ -2,8 +2,11 @@
 each file (``content_id``), probes it, and answers "how many hours of what do we have" (``hours_by_dataset``).
 
 A file that cannot be read or probed is a row with ``probe_status="error"``, the message and the
-``MediaError`` reason; the run goes on. The only exceptions that stop a run are about the run itself: a bad
-argument, or ffprobe missing (``ToolMissingError``), which would otherwise turn every row into the same error.
+``MediaError`` reason; the run goes on. Entries the lister refused (``SourceFile.refused``: ``not_a_file``,
+``outside_data_root``) are rows with that reason and are never opened; a file without read permission is
+``unreadable``; other OS errors (a broken symlink, a vanished file) are ``io_error``. The only exceptions that
+stop a run are about the run itself: a bad argument, or ffprobe missing (``ToolMissingError``), which would
+otherwise turn every row into the same error.
 
 ``extra`` is a ``map<string, string>`` rather than a JSON string: Parquet stores it as a native map, DuckDB reads
 it typed (``extra['split']`` is a VARCHAR, no JSON functions), and pandas gets dicts with
@@ -16,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +118,18 @@ def _probe_columns(result: Any) -> dict[str, Any]:
     return columns
 
 
+_REFUSALS = {
+    "not_a_file": "not a regular file: a directory, named pipe, socket or device with a video name",
+    "outside_data_root": "a symlink that leads out of the data root; not followed",
+}
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def inventory_row(source: SourceFile, *, probe_fn: ProbeFn, timeout_s: float = 30.0) -> dict[str, Any]:
     """The inventory row of one file. Never raises for a bad file: the failure is recorded in the row."""
     started = time.perf_counter()
@@ -131,13 +148,20 @@ def inventory_row(source: SourceFile, *, probe_fn: ProbeFn, timeout_s: float = 3
         "probe_error_reason": None,
     }
     try:
+        if source.refused:
+            why = _REFUSALS.get(source.refused, source.refused)
+            raise _Refused(source.refused, f"{source.path}: refused by the lister: {why}")
         if source.size_bytes < 0:
             raise FileNotFoundError(f"{source.path}: cannot be stat'ed (broken link or no permission)")
+        if not stat.S_ISREG(os.stat(source.path).st_mode):  # opening a named pipe would block forever
+            raise _Refused("not_a_file", f"{source.path}: {_REFUSALS['not_a_file']}")
         row["content_id"] = content_id(source.path, source.size_bytes)
         row.update(_probe_columns(probe_fn(source.path, timeout_s=timeout_s)))
         row["probe_status"] = "ok"
-    except MediaError as exc:
+    except (MediaError, _Refused) as exc:
         row.update(probe_error=str(exc), probe_error_reason=exc.reason)
+    except PermissionError as exc:
+        row.update(probe_error=f"{type(exc).__name__}: {exc}", probe_error_reason="unreadable")
     except OSError as exc:
         row.update(probe_error=f"{type(exc).__name__}: {exc}", probe_error_reason="io_error")
     except ToolMissingError:

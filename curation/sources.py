@@ -15,6 +15,27 @@ Several download scripts keep the uncut source videos next to the clips (HDTF ``
 ``raw/``, MultiTalk ``raw_video/``, TalkingHead-1KH ``raw_videos/`` and ``1min_clips/``). Those files are listed
 like any other, with ``extra["stage"]`` saying what they are (``clip``, ``raw`` or ``chunk``), so hours are
 not double counted by accident downstream.
+
+Entries that must not be read are listed, not skipped, with ``SourceFile.refused`` saying why, so the
+inventory turns them into error rows without opening them: ``not_a_file`` (a directory, named pipe, socket or
+device whose name has a video extension; a directory named so is still walked into) and
+``outside_data_root`` (a symlink that leaves the data root, by the policy below).
+
+Symlink policy. Links are followed where they lead (datasets are often linked in from other disks, and a
+curated subset is naturally a folder of links), except:
+
+- a link whose target is *relative* and that resolves outside the tree being walked is refused: a relative
+  target that climbs out with ``..`` is what a crafted archive ("zip slip") or a copied tree whose links now
+  point at whatever lies next to it produces, never a deliberate way of linking a dataset in. "The tree being
+  walked" is the data root, or, below a directory linked in with an absolute target, that directory;
+- with ``follow_symlinks_outside_root=False`` (strict mode, for trees one did not make) every link, file or
+  directory, whose resolved location is outside the data root is refused, whatever its target looks like.
+
+Absolute links out of the root are followed by default because linking in is deliberate: an operator writes
+``ln -s /mnt/disk2/hdtf data/hdtf``, and the test fixtures build their inputs as folders of absolute links to
+shared clips. Refused file links with a video extension are listed (``refused="outside_data_root"``); refused
+directory links are counted in ``ignored["<outside-root-dir>"]``. Broken links are listed with
+``size_bytes=-1`` (the inventory records them as ``io_error`` rows).
 """
 
 from __future__ import annotations
@@ -24,6 +45,7 @@ import inspect
 import logging
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,7 +69,9 @@ _YTID_RE = re.compile(rf"^{_YTID}$")
 @dataclass(frozen=True)
 class SourceFile:
     """One video file of a dataset. ``size_bytes`` is -1 when the file could not be stat'ed (a broken
-    symlink, a permission error): it is still listed so the inventory records the failure."""
+    symlink, a permission error) or was refused: it is still listed so the inventory records the failure.
+    ``refused``: why the lister refused the entry (``not_a_file``, ``outside_data_root``); such an entry must
+    not be opened."""
 
     dataset: str
     path: str
@@ -56,6 +80,7 @@ class SourceFile:
     origin_video_id: str | None = None
     speaker_id: str | None = None
     extra: dict[str, str] = field(default_factory=dict, hash=False)
+    refused: str | None = None
 
 
 class SourceAdapter:
@@ -63,18 +88,22 @@ class SourceAdapter:
 
     kind: ClassVar[str] = ""
 
-    def __init__(self, root: str | os.PathLike[str], dataset: str | None = None):
+    def __init__(self, root: str | os.PathLike[str], dataset: str | None = None, *,
+                 follow_symlinks_outside_root: bool = True):
         root_path = Path(root).expanduser()
         if not root_path.exists():
             raise ConfigError(f"{self.kind} source root does not exist: {os.fspath(root_path)!r}")
         if not root_path.is_dir():
             raise ConfigError(f"{self.kind} source root is not a directory: {os.fspath(root_path)!r}")
         self.root = os.path.abspath(root_path)
+        self.real_root = os.path.realpath(root_path)
+        self.follow_symlinks_outside_root = follow_symlinks_outside_root
         self.dataset = dataset or self.default_dataset_name()
         self.ignored: Counter[str] = Counter()
         self.unparsed = 0
         self.hidden = 0
         self.listed = 0
+        self.refused: Counter[str] = Counter()
 
     def default_dataset_name(self) -> str:
         return self.kind
@@ -95,18 +124,29 @@ class SourceAdapter:
             "listed": self.listed,
             "unparsed": self.unparsed,
             "hidden": self.hidden,
+            "refused": dict(sorted(self.refused.items())),
             "ignored": dict(sorted(self.ignored.items())),
         }
 
     def iter_files(self) -> Iterator[SourceFile]:
         ignored: Counter[str] = Counter()
+        refused_counts: Counter[str] = Counter()
         counts = {"unparsed": 0, "hidden": 0, "listed": 0}
-        for path, relpath in self._walk(ignored, counts):
-            try:
-                size = os.stat(path).st_size
-            except OSError as exc:
-                log.warning("%s: cannot stat %s: %s", self.dataset, path, exc)
-                size = -1
+        for path, relpath, refused in self._walk(ignored, counts):
+            size = -1
+            if refused is None:
+                try:
+                    status = os.stat(path)
+                except OSError as exc:
+                    log.warning("%s: cannot stat %s: %s", self.dataset, path, exc)
+                else:
+                    if stat.S_ISREG(status.st_mode):
+                        size = status.st_size
+                    else:
+                        refused = "not_a_file"  # a named pipe would block the reader forever
+            if refused is not None:
+                log.warning("%s: refusing %s (%s)", self.dataset, path, refused)
+                refused_counts[refused] += 1
             ids = self.parse(relpath)
             if not ids:
                 counts["unparsed"] += 1
@@ -119,19 +159,34 @@ class SourceAdapter:
                 origin_video_id=ids.get("origin_video_id"),
                 speaker_id=ids.get("speaker_id"),
                 extra=dict(ids.get("extra", {})),
+                refused=refused,
             )
-        self.ignored = ignored
+        self.ignored, self.refused = ignored, refused_counts
         self.unparsed, self.hidden, self.listed = counts["unparsed"], counts["hidden"], counts["listed"]
         if self.unparsed:
             log.warning("%s: %d video files do not follow the %s layout (listed with no ids)",
                         self.dataset, self.unparsed, self.kind)
 
-    def _walk(self, ignored: Counter[str], counts: dict[str, int]) -> Iterator[tuple[str, str]]:
-        # Symlinked directories are followed (datasets are often linked in from other disks); the set of
-        # visited real paths stops a link cycle from recursing forever.
+    def _link_leaves_root(self, path: str, tree: str) -> bool:
+        """Whether the symlink at ``path`` must be refused (see the module's symlink policy); ``tree`` is the
+        real path of the tree being walked."""
+        real = os.path.realpath(path)
+        if _is_within(real, self.real_root):
+            return False
+        if not self.follow_symlinks_outside_root:
+            return True
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return False  # gone meanwhile: the stat that follows reports it
+        return not os.path.isabs(target) and not _is_within(real, tree)
+
+    def _walk(self, ignored: Counter[str], counts: dict[str, int]) -> Iterator[tuple[str, str, str | None]]:
+        # Symlinked directories are followed (datasets are often linked in from other disks) unless the
+        # symlink policy refuses them; the set of visited real paths stops a link cycle from recursing forever.
         visited: set[str] = set()
 
-        def walk(directory: str, prefix: str) -> Iterator[tuple[str, str]]:
+        def walk(directory: str, prefix: str, tree: str) -> Iterator[tuple[str, str, str | None]]:
             real = os.path.realpath(directory)
             if real in visited:
                 log.warning("%s: skipping %s, a link to a directory already listed", self.dataset, directory)
@@ -150,20 +205,42 @@ class SourceAdapter:
                     counts["hidden"] += 1
                     continue
                 relpath = f"{prefix}{entry.name}"
+                extension = os.path.splitext(entry.name)[1].lower()
+                is_video_name = extension in VIDEO_EXTENSIONS
                 try:
                     is_dir = entry.is_dir(follow_symlinks=True)
                 except OSError:
                     is_dir = False
-                if is_dir:
-                    yield from walk(entry.path, relpath + "/")
+                try:
+                    is_link = entry.is_symlink()
+                except OSError:
+                    is_link = False  # vanished meanwhile: the stat that follows reports it
+                if is_link and self._link_leaves_root(entry.path, tree):
+                    if is_video_name:
+                        yield entry.path, relpath, "outside_data_root"
+                    else:
+                        log.warning("%s: not following %s, a link out of the data root", self.dataset,
+                                    entry.path)
+                        ignored["<outside-root-dir>" if is_dir else extension or "<none>"] += 1
                     continue
-                extension = os.path.splitext(entry.name)[1].lower()
-                if extension in VIDEO_EXTENSIONS:
-                    yield entry.path, relpath
+                if is_dir:
+                    if is_video_name:
+                        yield entry.path, relpath, "not_a_file"
+                    inner = tree
+                    if is_link and not _is_within(os.path.realpath(entry.path), tree):
+                        inner = os.path.realpath(entry.path)  # a disk linked in: its own tree from here on
+                    yield from walk(entry.path, relpath + "/", inner)
+                    continue
+                if is_video_name:
+                    yield entry.path, relpath, None
                 else:
                     ignored[extension or "<none>"] += 1
 
-        yield from walk(self.root, "")
+        yield from walk(self.root, "", self.real_root)
+
+
+def _is_within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def _ids(origin_video_id: str | None = None, speaker_id: str | None = None, **extra: str | None) -> dict:
@@ -225,8 +302,9 @@ class HdtfAdapter(SourceAdapter):
     _URL_ID = re.compile(r"[?&]v=([A-Za-z0-9_-]{11})")
 
     def __init__(self, root: str | os.PathLike[str], dataset: str | None = None, *,
-                 url_lists_dir: str | os.PathLike[str] | None = None):
-        super().__init__(root, dataset)
+                 url_lists_dir: str | os.PathLike[str] | None = None,
+                 follow_symlinks_outside_root: bool = True):
+        super().__init__(root, dataset, follow_symlinks_outside_root=follow_symlinks_outside_root)
         if url_lists_dir is not None and not Path(url_lists_dir).is_dir():
             raise ConfigError(f"hdtf url_lists_dir is not a directory: {os.fspath(url_lists_dir)!r}")
         candidates = [Path(url_lists_dir)] if url_lists_dir is not None else [

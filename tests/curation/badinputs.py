@@ -1,4 +1,4 @@
-"""Small broken and awkward media files (and file-system entries), generated with the ffmpeg CLI from one real clip.
+"""Small broken and awkward media files (and file-system entries), made with the ffmpeg CLI from one real clip.
 
 Everything is derived from one 3 s, 320x240 encode (stream copies and byte cuts where possible, short ultrafast
 re-encodes otherwise), so the whole set builds in a few seconds. The files exercise what public video throws at
@@ -114,7 +114,8 @@ def make_bad_inputs(directory: Path, real_clip: Path) -> dict[str, Path]:
       link_inside     a relative symlink to ``valid``, inside the root: must work like the file
       link_outside    an absolute symlink to a copy of ``valid`` outside the root (followed by default,
                       refused with ``follow_symlinks_outside_root=False``)
-      link_dotdot     a relative symlink "../<dir>_outside/valid.mp4" that climbs out of the root: always refused
+      link_dotdot     a relative symlink "../<dir>_outside/valid.mp4" that climbs out of the root: always
+                      refused
     """
     directory.mkdir(parents=True, exist_ok=True)
     out = {name: directory / f"{name}.mp4" for name in ("valid", "truncated", "truncated_moov", "zero_byte")}
@@ -179,7 +180,8 @@ def _add_more(directory: Path, out: dict[str, Path], real_clip: Path) -> None:
                 "-pix_fmt", "yuv420p10le", "-c:a", "copy", out["high10"])
     except RuntimeError:
         _ffmpeg("-i", valid, "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
-                "-profile:v", "main10", "-pix_fmt", "yuv420p10le", "-tag:v", "hvc1", "-c:a", "copy", out["high10"])
+                "-profile:v", "main10", "-pix_fmt", "yuv420p10le", "-tag:v", "hvc1", "-c:a", "copy",
+                out["high10"])
     out["one_frame"] = directory / "one_frame.mp4"
     _ffmpeg("-i", valid, "-frames:v", "1", "-an", "-c:v", "libx264", "-preset", "ultrafast", out["one_frame"])
     out["under_half_s"] = directory / "under_half_s.mp4"
@@ -195,7 +197,8 @@ def _add_more(directory: Path, out: dict[str, Path], real_clip: Path) -> None:
     except RuntimeError:
         pass  # no libvpx-vp9 or libopus in this ffmpeg build
     out["avi"] = directory / "mjpeg_pcm.avi"
-    _ffmpeg("-i", valid, "-c:v", "mjpeg", "-q:v", "8", "-pix_fmt", "yuvj420p", "-c:a", "pcm_s16le", out["avi"])
+    _ffmpeg("-i", valid, "-c:v", "mjpeg", "-q:v", "8", "-pix_fmt", "yuvj420p", "-c:a", "pcm_s16le",
+            out["avi"])
     out["two_audio"] = directory / "two_audio.mp4"
     _ffmpeg("-i", valid, "-map", "0:v", "-map", "0:a", "-map", "0:a", "-c", "copy", out["two_audio"])
     out["mp4_as_mov"] = directory / "mp4_as_mov.mov"

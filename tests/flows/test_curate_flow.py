@@ -187,8 +187,8 @@ def test_bad_inputs_all_end_with_a_status(tmp_path, megactor, videos_dir):
     output = tmp_path / "out"
     megactor("curate", "--input", str(tmp_path / "bad"), "--output", str(output), "--executor", "local")
     df = pd.read_parquet(output / "manifest")
-    listed = {str(p.resolve()) for p in bad.values()}
-    assert listed <= set(df["source_path"])  # nothing dropped, odd paths included
+    listed = {str(p) for p in bad.values()}  # as listed: links, the directory and the pipe are rows too
+    assert listed == set(df["source_path"])  # nothing dropped, odd paths included, nothing extra
     for path in listed:
         rows = df[df["source_path"] == path]
         assert (rows["status"].isin(["kept", "rejected", "pending", "error"])).all()
@@ -199,6 +199,11 @@ def test_bad_inputs_all_end_with_a_status(tmp_path, megactor, videos_dir):
     assert "empty_file" in by_name[bad["zero_byte"].name]
     assert "probe_failed" in by_name[bad["text_as_mp4"].name]
     assert "no_video_stream" in by_name[bad["audio_only"].name]
+    assert "not_a_file" in by_name[bad["dir_named_mp4"].name] and "not_a_file" in by_name[bad["fifo"].name]
+    assert "io_error" in by_name[bad["dangling"].name]
+    assert "outside_data_root" in by_name[bad["link_dotdot"].name]  # a relative link climbing out: refused
+    # an absolute link out of the root is followed by default (sources.py's symlink policy): scored like valid
+    assert list(by_name[bad["link_outside"].name]) == list(by_name[bad["valid"].name])
 
 
 def test_cli_errors_are_one_line_not_tracebacks(megactor, tmp_path):
