@@ -14,7 +14,12 @@ from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.states import Failed
@@ -26,6 +31,7 @@ from curation import inventory, pipeline
 from curation.config import CurationConfig
 from curation.errors import ConfigError, ShardsFailedError
 from curation.io import write_json_atomic, write_text_atomic
+from curation.report import build_report
 from curation.sources import SourceFile, make_source
 from curation.summary import build_summary, write_card, write_summary
 
@@ -144,10 +150,26 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
                for d in summary["datasets"]],
         description=f"per-dataset totals of {layout.root}",
     )
+    logger.info("dataset report: %s", publish_report(layout.root, summary))
     if failures:
         return Failed(message=f"{len(failures)} shard(s) failed; rerun the same command to retry them: "
                               f"{failures[:3]}", data=summary)
     return summary
+
+
+def publish_report(root: Path, summary: dict[str, Any]) -> Path:
+    """Build the run's dataset report and link it, with the main numbers, as a Markdown artifact."""
+    page = build_report(root)
+    lines = [f"# Dataset report: {root}", "", f"[open the report]({page.resolve().as_uri()})", "",
+             "| dataset | hours in | hours kept | kept % (hours) | clips kept |", "|---|---|---|---|---|"]
+    lines += [f"| {d['dataset']} | {d['hours_in']:.3f} | {d['hours_kept']:.3f} | {d['kept_pct_hours']:.1f} | "
+              f"{d['clips_kept']}/{d['clips']} |" for d in summary["datasets"]]
+    lines += ["", "Status: " + (", ".join(f"{k} {v}" for k, v in summary["status"].items()) or "no clips"),
+              "", "Reject reasons: " + (", ".join(f"`{k}` {v}" for k, v in summary["reject_reasons"].items())
+                                        or "none")]
+    create_markdown_artifact(key="curation-report", markdown="\n".join(lines),
+                             description=f"dataset report of {root}")
+    return page
 
 
 def task_runner(config: CurationConfig, executor: str = "ray"):
