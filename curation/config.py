@@ -27,6 +27,9 @@ class SourceConfig(_Strict):
     kind: str = "folder"
     root: Path
     dataset: str | None = None
+    # links out of the root: followed (datasets are often assembled from links) or refused as outside_data_root;
+    # a relative ".." link leaving the root is refused either way (curation.sources)
+    follow_symlinks_outside_root: bool = True
 
 
 class ClipConfig(_Strict):
@@ -209,12 +212,14 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def config_for_inputs(inputs: list[str | Path], *, kind: str = "folder", dataset: str | None = None,
-                      config_file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CurationConfig:
+                      config_file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                      follow_links_outside: bool = True) -> CurationConfig:
     """What ``megactor curate`` and the curate deployment run: the embedded defaults, a YAML file, dotted
     overrides, then the input folders as the sources (none: the config's own)."""
     config = load_config(config_file, overrides or {})
     if inputs:
-        roots = [SourceConfig(kind=kind, root=Path(p).resolve(), dataset=dataset) for p in inputs]
+        roots = [SourceConfig(kind=kind, root=Path(p).resolve(), dataset=dataset,
+                              follow_symlinks_outside_root=follow_links_outside) for p in inputs]
         config = validate({**config.to_dict(), "sources": [s.model_dump(mode="json") for s in roots]})
     return config
 

@@ -134,7 +134,8 @@ def preflight(config: CurationConfig) -> None:
     if not config.sources:
         raise ConfigError("nothing to curate: pass --input DIR or list sources in the config")
     for source_config in config.sources:
-        make_source(source_config.kind, source_config.root, source_config.dataset)
+        make_source(source_config.kind, source_config.root, source_config.dataset,
+                    follow_symlinks_outside_root=source_config.follow_symlinks_outside_root)
     for scorer in build_scorers(config, device="cpu"):
         scorer.check_requirements()
         scorer.check_weights()

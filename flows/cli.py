@@ -81,7 +81,8 @@ def _load(args: argparse.Namespace, with_input: bool):
 
     inputs = (args.input or []) if with_input else []
     return config_for_inputs(inputs, kind=getattr(args, "kind", "folder"), dataset=getattr(args, "dataset", None),
-                             config_file=getattr(args, "config", None), overrides=_overrides(args))
+                             config_file=getattr(args, "config", None), overrides=_overrides(args),
+                             follow_links_outside=not getattr(args, "refuse_outside_links", False))
 
 
 def cmd_curate(args: argparse.Namespace) -> int:
@@ -479,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     curate.add_argument("--kind", default="folder",
                         help="layout of --input: folder, hdtf, celebv_hq, voxceleb2, talkinghead_1kh, multitalk")
     curate.add_argument("--dataset", help="dataset name (default: the kind, or the folder's name)")
+    curate.add_argument("--refuse-outside-links", action="store_true",
+                        help="symbolic links leading out of --input become outside_data_root rows (default: "
+                             "followed; a relative ../ link leaving the root is refused either way)")
     curate.add_argument("--output", required=True, metavar="DIR", help="output directory (reruns resume it)")
     curate.add_argument("--config", metavar="FILE", help="YAML config overriding the defaults")
     curate.add_argument("--profile", choices=["lite", "paper"],

@@ -60,7 +60,8 @@ def _list_files(config: CurationConfig) -> tuple[list[SourceFile], dict[str, Any
     files: list[SourceFile] = []
     ignored: dict[str, Any] = {}
     for source_config in config.sources:
-        adapter = make_source(source_config.kind, source_config.root, source_config.dataset)
+        adapter = make_source(source_config.kind, source_config.root, source_config.dataset,
+                              follow_symlinks_outside_root=source_config.follow_symlinks_outside_root)
         files.extend(adapter.iter_files())
         ignored[f"{adapter.dataset}:{source_config.root}"] = adapter.stats()
     return files, ignored

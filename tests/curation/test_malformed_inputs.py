@@ -171,3 +171,18 @@ def test_unreadable_file_is_its_own_reason(tmp_path: Path) -> None:
     if RUNNING_AS_ROOT:
         pytest.skip("running as root: mode 000 does not stop root from reading, so there is no error to see")
     assert row["probe_status"] == "error" and row["probe_error_reason"] == "unreadable"
+
+
+def test_the_config_key_refuses_links_out_of_the_root(tmp_path, videos_dir):
+    from curation.config import config_for_inputs
+    from flows.curate import _list_files
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "outside.mp4").symlink_to(videos_dir / "mimictalk_German_20s.mp4")
+    for follow, refused in ((True, False), (False, True)):
+        config = config_for_inputs([root], follow_links_outside=follow,
+                                   overrides={"sync.enabled": False})
+        assert config.sources[0].follow_symlinks_outside_root is follow
+        files, _ = _list_files(config)
+        assert len(files) == 1 and bool(files[0].refused) is refused
