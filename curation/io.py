@@ -32,6 +32,11 @@ def write_parquet_atomic(table: pa.Table, path: str | Path, *, compression: str 
     try:
         pq.write_table(table, tmp, compression=compression)
         _fsync_and_rename(tmp, path)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        # pyarrow does not always name the file (a full disk: "Error writing bytes to file"); say where
+        raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from error
     finally:
         tmp.unlink(missing_ok=True)
     return path
