@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "them: FID, FVD, LPIPS, Sync-C/D, CSIM",
         description="Writes OUTPUT/results.json and results.md (the paper's Table 3/4 layout, with the protocol). "
                     "--videos LABEL=DIR scores another method's videos ({clip_id}.mp4) against the same ground "
-                    "truth. Settings: flows.evaluate.EvalConfig, by --config FILE.yaml or --set KEY=VALUE.")
+                    "truth. Settings: EvalConfig (flows/evaluation_config.py), by --config FILE.yaml or --set KEY=VALUE.")
     ev.add_argument("--manifest", required=True, help="a curated run (its kept clips are split 9:1 by identity)")
     ev.add_argument("--output", required=True)
     ev.add_argument("--checkpoint", help="a training output to evaluate")
