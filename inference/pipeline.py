@@ -46,6 +46,7 @@ from inference.driving import (
     prepare_driving,
     prepare_reference,
 )
+from training.components import VAE_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ MODES: dict[str, dict[str, bool]] = {
     "mixed": {"eyes": True, "mouth": False, "audio": True},
 }
 SCHEDULERS = ("ddim", "dpm++")
-VAE_SCALE = 0.18215  # training.components.VAE_SCALE: the latent scaling PixArt-α and SD share
 DECODE_BATCH = 8
 
 

@@ -15,7 +15,6 @@ starting the next stage from it would begin behind what was trained. The trainer
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from curation.errors import ConfigError
+from curation.weights import sha256_file
 from training.components import STATE_FILE
 
 WEIGHTS_FILE = "model.safetensors"
@@ -69,7 +69,7 @@ def export_state(state: dict[str, Any], out_dir: str | Path) -> Path:
         "stage": config.stage,
         "step": int(state["step"]),
         "weights": "ema" if state.get("ema") else "model",
-        "weights_sha256": _sha256(out / WEIGHTS_FILE),
+        "weights_sha256": sha256_file(out / WEIGHTS_FILE),
         "model_config": _jsonable(asdict(model_config)),
         "preset": config.model.preset,
         "vae_dir": None if config.model.vae_dir is None else str(config.model.vae_dir),
@@ -125,7 +125,7 @@ def load_model(path: str | Path, *, verify: bool = True):
 
     folder, meta = read_export(path)
     weights_file = folder / WEIGHTS_FILE
-    if verify and meta.get("weights_sha256") and _sha256(weights_file) != meta["weights_sha256"]:
+    if verify and meta.get("weights_sha256") and sha256_file(weights_file) != meta["weights_sha256"]:
         raise ConfigError(f"{weights_file} does not match the sha256 recorded in {folder / CONFIG_FILE}")
     fields = dict(meta["model_config"])
     fields["driven_encoder_channels"] = tuple(fields["driven_encoder_channels"])
@@ -135,14 +135,6 @@ def load_model(path: str | Path, *, verify: bool = True):
         raise ConfigError(f"{weights_file} does not fit its model config (missing {missing[:5]}, unexpected "
                           f"{unexpected[:5]})")
     return model.eval().requires_grad_(False), {**meta, "folder": str(folder)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
