@@ -4,7 +4,11 @@ passed; a clip that failed nothing but has unscored rules is ``pending`` (for ex
 SyncNet runs), never silently passed or failed.
 
 The metadata gate is the subset of rules that read only the probe and the span; the runner applies it before
-decoding anything, and the filter re-applies all of them, so re-thresholding never needs a re-score."""
+decoding anything, and the filter re-applies all of them, so re-thresholding never needs a re-score.
+
+Each rule is declared once, as the columns it reads and a test written with operators that work on a row's
+values and on NumPy columns alike: ``decide`` applies it to one row (the runner, a few thousand rows per shard),
+``decide_columns`` to a whole Arrow table at once (``megactor filter`` over millions of rows)."""
 
 from __future__ import annotations
 
@@ -13,9 +17,17 @@ from dataclasses import dataclass
 from operator import ge, gt, le, lt
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from curation.config import Thresholds
 
 Verdict = bool | None  # True: pass, False: fail, None: not scored
+
+
+def _always(t: Thresholds) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -23,40 +35,21 @@ class Rule:
     name: str
     reason: str
     metadata_only: bool  # decidable from the probe and span alone (the gate)
-    check: Callable[[dict[str, Any], Thresholds], Verdict]
-    applies: Callable[[Thresholds], bool] = lambda t: True
+    inputs: tuple[str, ...]  # the stored columns it reads; a null in any of them means "not scored"
+    # test(*values, thresholds) -> passed, for a row's values or NumPy columns (float64 or bool) alike
+    test: Callable[..., Any]
+    applies: Callable[[Thresholds], bool] = _always
+
+    def check(self, row: dict[str, Any], t: Thresholds) -> Verdict:
+        values = [row.get(column) for column in self.inputs]
+        if any(value is None for value in values):
+            return None
+        return bool(self.test(*values, t))
 
 
-def _known(*values: Any) -> bool:
-    return all(v is not None for v in values)
-
-
-def _compare(column: str, op: Callable[[Any, Any], bool], limit: str) -> Callable[[dict, Thresholds], Verdict]:
-    """A rule check ``op(row[column], thresholds.<limit>)``, not scored when the column is null."""
-
-    def check(row: dict[str, Any], t: Thresholds) -> Verdict:
-        value = row.get(column)
-        return bool(op(value, getattr(t, limit))) if value is not None else None
-
-    return check
-
-
-def _video_stream(row, t):
-    return row.get("has_video")
-
-
-def _frame_size(row, t):
-    w, h = row.get("width"), row.get("height")
-    return min(w, h) >= t.face_res_px_min if _known(w, h) else None
-
-
-def _audio_stream(row, t):
-    return row.get("has_audio")
-
-
-def _face_found(row, t):
-    frac = row.get("face_present_frac")
-    return frac > 0 if _known(frac) else None
+def _compare(op: Callable[[Any, Any], Any], limit: str) -> Callable[..., Any]:
+    """``op(value, thresholds.<limit>)``."""
+    return lambda value, t: op(value, getattr(t, limit))
 
 
 def _needs_audio(t: Thresholds) -> bool:
@@ -64,23 +57,28 @@ def _needs_audio(t: Thresholds) -> bool:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("video_stream", "no_video_stream", True, _video_stream),
-    Rule("frame_size", "frame_too_small", True, _frame_size),
-    Rule("audio_stream", "no_audio_stream", True, _audio_stream, _needs_audio),
-    Rule("clip_length", "clip_too_short", True, _compare("duration_s", ge, "clip_s_min")),
-    Rule("face_found", "no_face", False, _face_found),
-    Rule("face_presence", "face_missing_in_frames", False, _compare("face_present_frac", ge, "face_present_frac_min")),
-    Rule("single_face", "multiple_faces", False, _compare("multi_face_frac", le, "multi_face_frac_max")),
-    Rule("face_resolution", "face_too_small", False, _compare("face_res_px", ge, "face_res_px_min")),
-    Rule("head_yaw", "yaw_too_large", False, _compare("yaw_abs_mean_deg", le, "yaw_abs_mean_deg_max")),
-    Rule("speech", "no_speech", False, _compare("audio_speech_frac", ge, "speech_frac_min"),
+    Rule("video_stream", "no_video_stream", True, ("has_video",), lambda has, t: has),
+    Rule("frame_size", "frame_too_small", True, ("width", "height"),
+         lambda w, h, t: np.minimum(w, h) >= t.face_res_px_min),
+    Rule("audio_stream", "no_audio_stream", True, ("has_audio",), lambda has, t: has, _needs_audio),
+    Rule("clip_length", "clip_too_short", True, ("duration_s",), _compare(ge, "clip_s_min")),
+    Rule("face_found", "no_face", False, ("face_present_frac",), lambda frac, t: frac > 0),
+    Rule("face_presence", "face_missing_in_frames", False, ("face_present_frac",),
+         _compare(ge, "face_present_frac_min")),
+    Rule("single_face", "multiple_faces", False, ("multi_face_frac",), _compare(le, "multi_face_frac_max")),
+    Rule("face_resolution", "face_too_small", False, ("face_res_px",), _compare(ge, "face_res_px_min")),
+    Rule("head_yaw", "yaw_too_large", False, ("yaw_abs_mean_deg",), _compare(le, "yaw_abs_mean_deg_max")),
+    Rule("speech", "no_speech", False, ("audio_speech_frac",), _compare(ge, "speech_frac_min"),
          lambda t: t.speech_frac_min > 0),
-    Rule("sync_confidence", "sync_conf_too_low", False, _compare("sync_c", gt, "sync_c_min"),
+    Rule("sync_confidence", "sync_conf_too_low", False, ("sync_c",), _compare(gt, "sync_c_min"),
          lambda t: t.require_lip_sync),
-    Rule("sync_distance", "sync_dist_too_high", False, _compare("sync_d", lt, "sync_d_max"),
+    Rule("sync_distance", "sync_dist_too_high", False, ("sync_d",), _compare(lt, "sync_d_max"),
          lambda t: t.require_lip_sync),
 )
 REASONS = tuple(rule.reason for rule in RULES)
+# Everything a decision reads: what ``megactor filter`` loads from the scores (never the face tracks).
+DECISION_INPUTS = tuple(dict.fromkeys(c for rule in RULES for c in rule.inputs)) + ("error", "error_reason")
+STATUSES = ("kept", "rejected", "pending", "error")
 
 
 @dataclass(frozen=True)
@@ -124,3 +122,74 @@ def decide(row: dict[str, Any], thresholds: Thresholds) -> Decision:
     if unscored:
         return Decision(False, "pending", reasons, unscored)
     return Decision(True, "kept", reasons, unscored)
+
+
+# -- the same decisions over whole columns -------------------------------------------------------------------
+
+def _column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, valid)`` as NumPy: booleans stay boolean, numbers become float64 (as Python compares a row's
+    ints and floats: exactly, never in float32). A column the table lacks is all null, as ``row.get`` is."""
+    if name not in table.column_names:
+        return np.zeros(table.num_rows, dtype=bool), np.zeros(table.num_rows, dtype=bool)
+    column = table.column(name)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else np.ones(len(column), bool)
+    if pa.types.is_boolean(column.type):
+        return pc.fill_null(column, False).to_numpy(zero_copy_only=False), valid
+    values = pc.cast(column, pa.float64())
+    if column.null_count:
+        values = pc.fill_null(values, 0.0)
+    return values.to_numpy(zero_copy_only=False), valid
+
+
+def _lists(hits: np.ndarray, pool: pa.Array, extra_pool_per_row: bool) -> pa.ListArray:
+    """One list per row of the ``pool`` entries whose column is set in ``hits`` (rows x entries), in column
+    order; with ``extra_pool_per_row`` the last column picks row ``i``'s own entry ``pool[len - n + i]``."""
+    rows, cols = np.nonzero(hits)  # row-major: each row's hits in column (= rule) order
+    n, width = hits.shape
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+    if extra_pool_per_row:
+        last = width - 1
+        cols = np.where(cols == last, last + rows, cols)
+    return pa.ListArray.from_arrays(pa.array(offsets), pool.take(pa.array(cols, pa.int64())))
+
+
+def decide_columns(table: pa.Table, thresholds: Thresholds) -> dict[str, pa.Array]:
+    """``decide`` for every row of ``table`` at once (it needs the ``DECISION_INPUTS`` columns only):
+    ``keep``, ``status``, ``reject_reasons`` and ``unscored_rules`` as Arrow arrays, row for row equal to
+    ``decide`` (same reasons in the same order: the rules' order, then the error reason)."""
+    n = table.num_rows
+    rules = [rule for rule in RULES if rule.applies(thresholds)]
+    failed = np.zeros((n, len(rules) + 1), dtype=bool)  # the last column: the row has an error
+    unscored = np.zeros((n, len(rules)), dtype=bool)
+    inputs = {name: _column(table, name) for name in dict.fromkeys(c for rule in rules for c in rule.inputs)}
+    for j, rule in enumerate(rules):
+        values = [inputs[c][0] for c in rule.inputs]
+        scored = np.logical_and.reduce([inputs[c][1] for c in rule.inputs])
+        passed = np.asarray(rule.test(*values, thresholds), dtype=bool)
+        failed[:, j] = scored & ~passed
+        unscored[:, j] = ~scored
+
+    error, error_reason = _error_columns(table)
+    failed[:, -1] = error
+    rejected = failed[:, :-1].any(axis=1)
+    codes = np.where(error, 3, np.where(rejected, 1, np.where(unscored.any(axis=1), 2, 0))).astype(np.int8)
+    reason_pool = pa.concat_arrays([pa.array([rule.reason for rule in rules], pa.string()), error_reason])
+    return {
+        "keep": pa.array(codes == 0),
+        "status": pa.array(STATUSES, pa.string()).take(pa.array(codes)),
+        "reject_reasons": _lists(failed, reason_pool, extra_pool_per_row=True),
+        "unscored_rules": _lists(unscored, pa.array([rule.name for rule in rules], pa.string()),
+                                 extra_pool_per_row=False),
+    }
+
+
+def _error_columns(table: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """Rows with an error (a non-empty ``error``, as ``if row.get("error")``) and, per row, the reason
+    ``decide`` records for it (``error_reason``, or ``"error"`` when that is null or empty)."""
+    n, names = table.num_rows, table.column_names
+    error = table.column("error") if "error" in names else pa.chunked_array([pa.nulls(n, pa.string())])
+    reason = table.column("error_reason") if "error_reason" in names else pa.chunked_array([pa.nulls(n, pa.string())])
+    has_error = pc.fill_null(pc.greater(pc.utf8_length(error), 0), False).to_numpy(zero_copy_only=False)
+    named = pc.fill_null(pc.greater(pc.utf8_length(reason), 0), False)
+    return has_error, pc.if_else(named, reason, "error").combine_chunks()

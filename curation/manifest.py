@@ -3,21 +3,32 @@
 
 Column groups: identity and span, source (from the probe), scene, ``face_*`` / pose, ``audio_*``, ``sync_*``
 (null until the SyncNet scorer runs), the decision (``keep``, ``status``, ``reject_reasons``,
-``unscored_rules``, ``error``), and the version of each scorer that produced the row's scores."""
+``unscored_rules``, ``error``), and the version of each scorer that produced the row's scores.
+
+``megactor filter`` re-decides without copying the scores: its output directory holds *decisions parts*
+(``clip_id`` and the four decision columns, in the scores' row order) whose metadata points at the scored parts
+they re-decide; ``read_manifest`` joins them back, so every reader sees the new decisions."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import uuid
-from collections.abc import Iterable
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curation.config import Thresholds
-from curation.filters import decide
+from curation.errors import MegactorError
+from curation.filters import DECISION_INPUTS, decide, decide_columns
 from curation.io import part_files, write_parquet_atomic
 from curation.scorers.audio_activity import AudioActivityScorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
@@ -185,21 +196,260 @@ def write_part(table: pa.Table, manifest_dir: str | Path, shard: int) -> Path:
     return write_parquet_atomic(table, Path(manifest_dir) / f"part-{shard:05d}.parquet")
 
 
-def read_manifest(manifest_dir: str | Path) -> pa.Table:
+# -- decisions parts: re-thresholding without rewriting the scores -------------------------------------------
+
+DECISION_COLUMNS = ("keep", "status", "reject_reasons", "unscored_rules")
+DECISIONS_SCHEMA = pa.schema(_documented([SCHEMA.field("clip_id")] + [SCHEMA.field(c) for c in DECISION_COLUMNS]))
+DECISIONS_KEY = b"megactor.decisions"  # file metadata of a decisions part: JSON, see ``_pointer``
+DECISIONS_VERSION = "1"
+DECISIONS_BATCH_ROWS = 1_000_000  # rows per decisions part (consecutive scored parts, never split)
+
+
+@dataclass(frozen=True)
+class ScoredPart:
+    path: Path
+    rows: int
+
+
+@dataclass
+class Refiltered:
+    """What ``refilter`` wrote and decided."""
+
+    parts: list[Path]
+    scores: list[ScoredPart]
+    rows: int = 0
+    status: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def scores_dirs(self) -> list[Path]:
+        return list(dict.fromkeys(part.path.parent for part in self.scores))
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise MegactorError(f"cannot read manifest part {path}: {error}") from None
+
+
+def _pointer(path: Path, metadata: pq.FileMetaData) -> list[ScoredPart] | None:
+    """The scored parts a decisions part re-decides, in order; None for a part holding its own scores."""
+    raw = (metadata.metadata or {}).get(DECISIONS_KEY)
+    if raw is None:
+        return None
+    pointer = json.loads(raw)
+    scored = []
+    for entry in pointer["scores"]:
+        scores = Path(entry["path"])
+        if not scores.is_file():  # moved together with its scores: the path relative to the decisions part
+            scores = (path.parent / entry["relpath"]).resolve()
+        if not scores.is_file():
+            raise MegactorError(f"{path} re-decides {entry['path']}, which is gone (the scored manifest must stay "
+                                "where it was; or write a standalone manifest with megactor filter --materialize)")
+        scored.append(ScoredPart(scores, int(entry["rows"])))
+    return scored
+
+
+def scored_parts(manifest_dir: str | Path) -> list[ScoredPart]:
+    """The parts holding the scores of a manifest directory: its own parts, or, for a ``megactor filter``
+    output, the parts its decisions point at (a refilter of a refilter chains to the original scores)."""
+    scored: list[ScoredPart] = []
+    for part in part_files(manifest_dir):
+        metadata = _open(part).metadata
+        pointed = _pointer(part, metadata)
+        scored += pointed if pointed is not None else [ScoredPart(part.resolve(), metadata.num_rows)]
+    return scored
+
+
+def scores_dir(manifest_dir: str | Path) -> Path:
+    """Where the scores of a manifest directory are: itself, or the scored manifest a refilter re-decides."""
+    parts = part_files(manifest_dir)
+    pointed = _pointer(parts[0], _open(parts[0]).metadata) if parts else None
+    return pointed[0].path.parent if pointed else Path(manifest_dir).resolve()
+
+
+def _read_part(file: pq.ParquetFile, columns: Sequence[str] | None) -> pa.Table:
+    """A part's ``columns`` (all: None) with the schema's types, a column the file lacks as nulls. Decoded in
+    the calling thread: ``refilter`` reads parts in parallel, and Arrow's own threads only add contention on
+    parts of a few thousand rows."""
+    present = set(file.schema_arrow.names)
+    wanted = SCHEMA.names if columns is None else list(columns)
+    table = file.read(columns=[c for c in wanted if c in present], use_threads=False)
+    arrays = []
+    for name in wanted:
+        target = SCHEMA.field(name)
+        if name not in present:
+            arrays.append(pa.nulls(table.num_rows, target.type))
+            continue
+        column = table.column(name)
+        arrays.append(column if column.type == target.type else column.cast(target.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in wanted], SCHEMA.metadata))
+
+
+def _read_scores(part: ScoredPart, columns: Sequence[str] | None) -> pa.Table:
+    table = _read_part(_open(part.path), columns)
+    if table.num_rows != part.rows:
+        raise MegactorError(f"{part.path} holds {table.num_rows} rows, its decisions {part.rows}: the scored "
+                            "manifest changed after megactor filter ran; rerun it")
+    return table
+
+
+def _read_source(path: Path, columns: Sequence[str] | None) -> tuple[ScoredPart, pa.Table] | list[ScoredPart]:
+    """A part of the manifest being re-decided, opened once: its scores read, or, for a decisions part, the
+    scored parts it points at (read by the caller)."""
+    file = _open(path)
+    pointed = _pointer(path, file.metadata)
+    if pointed is not None:
+        return pointed
+    if "clip_id" not in file.schema_arrow.names:
+        raise MegactorError(f"{path} has no clip_id column: not a manifest part")
+    return ScoredPart(path.resolve(), file.metadata.num_rows), _read_part(file, columns)
+
+
+def _scores_in_order(pool: ThreadPoolExecutor, parts: list[Path], columns: Sequence[str] | None,
+                     ) -> Iterator[tuple[ScoredPart, pa.Table]]:
+    """Every scored part behind ``parts`` with its ``columns``, in order, read ahead by the pool's threads
+    (a few parts in flight, so memory holds a batch, not the manifest)."""
+    ahead = 2 * pool._max_workers
+    pending: deque = deque()
+    items = iter(parts)
+    for path in items:
+        pending.append(pool.submit(_read_source, path, columns))
+        if len(pending) >= ahead:
+            break
+    while pending:
+        opened = pending.popleft().result()
+        following = next(items, None)
+        if following is not None:
+            pending.append(pool.submit(_read_source, following, columns))
+        if isinstance(opened, tuple):
+            yield opened
+        else:  # a refilter's output: the original scores
+            yield from zip(opened, pool.map(lambda p: _read_scores(p, columns), opened), strict=True)
+
+
+def _apply_decisions(decisions_path: Path, decisions: pa.Table, scores: pa.Table) -> pa.Table:
+    """``scores`` with the decision columns of ``decisions`` (same clips, same order, checked)."""
+    ids, scored_ids = decisions.column("clip_id"), scores.column("clip_id")
+    if len(ids) != len(scored_ids) or not ids.equals(scored_ids):
+        mismatch = len(scored_ids) if len(ids) != len(scored_ids) else \
+            int(pc.index(pc.not_equal(ids, scored_ids), True).as_py())
+        raise MegactorError(f"{decisions_path}: its clip ids do not match the scores it points at ({len(ids)} "
+                            f"decisions, {len(scored_ids)} scored rows; first difference at row {mismatch}); "
+                            "rerun megactor filter on the scored manifest")
+    for name in DECISION_COLUMNS:
+        if name in scores.column_names:
+            scores = scores.set_column(scores.schema.get_field_index(name), SCHEMA.field(name),
+                                       decisions.column(name))
+    return scores
+
+
+def read_manifest(manifest_dir: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """The manifest's rows with the schema's types (``columns``: only those). A ``megactor filter`` output is
+    read as its scores with its own decisions."""
     parts = part_files(manifest_dir)
     if not parts:
-        return SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(p, schema=SCHEMA) for p in parts])
+        table = SCHEMA.empty_table()
+        return table.select(list(columns)) if columns is not None else table
+    tables = []
+    for part in parts:
+        file = _open(part)
+        pointed = _pointer(part, file.metadata)
+        if pointed is None:
+            tables.append(_read_part(file, columns))
+            continue
+        needed = None if columns is None else list(dict.fromkeys(["clip_id", *columns]))
+        scores = pa.concat_tables([_read_scores(p, needed) for p in pointed])
+        decisions = file.read(columns=DECISIONS_SCHEMA.names).cast(DECISIONS_SCHEMA)
+        table = _apply_decisions(part, decisions, scores)
+        tables.append(table.select(list(columns)) if columns is not None else table)
+    return pa.concat_tables(tables)
 
 
 def refilter(source_dir: str | Path, output_dir: str | Path, thresholds: Thresholds,
-             provenance_update: dict[str, Any]) -> list[Path]:
-    """Re-apply thresholds to an existing manifest without re-scoring: same rows and scores, new decisions,
-    one output part per input part."""
-    written = []
-    for part in part_files(source_dir):
-        table = pq.read_table(part, schema=SCHEMA)
-        rows = [apply_decision(row, thresholds) for row in table.to_pylist()]
-        provenance = {**read_provenance(part), **provenance_update}
-        written.append(write_parquet_atomic(to_table(rows, provenance), Path(output_dir) / part.name))
-    return written
+             provenance_update: dict[str, Any], *, materialize: bool = False,
+             batch_rows: int = DECISIONS_BATCH_ROWS, workers: int | None = None) -> Refiltered:
+    """Re-apply thresholds to an existing manifest without re-scoring. Reads only the columns the rules need
+    and decides column-wise (``curation.filters.decide_columns``). Writes decisions parts (``clip_id`` and the
+    decision columns, about ``batch_rows`` rows each) that point at the scored parts, or, with ``materialize``,
+    a standalone copy of every scored part with its decision columns replaced. The source may itself be a
+    refilter's output: its scores are the original ones."""
+    output_dir = Path(output_dir).resolve()
+    parts = part_files(source_dir)
+    if not parts:
+        raise MegactorError(f"no manifest part files in {source_dir}")
+    # Written beside the output and swapped in at the end: a reader never sees old and new parts mixed.
+    staging = output_dir.with_name(f".{output_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
+    result = Refiltered([], [])
+    columns = None if materialize else ["clip_id", *DECISION_INPUTS]
+    batch: list[tuple[ScoredPart, pa.Table]] = []
+
+    def flush() -> None:
+        result.parts.append(_write_decisions(batch, output_dir, staging, len(result.parts), thresholds,
+                                             provenance_update, result))
+        batch.clear()
+
+    try:
+        with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:  # Parquet decoding frees the GIL
+            for part, table in _scores_in_order(pool, parts, columns):
+                result.scores.append(part)
+                if materialize:
+                    result.parts.append(_write_materialized(part, table, output_dir, staging, thresholds,
+                                                            provenance_update, result))
+                    continue
+                if batch and sum(t.num_rows for _, t in batch) + table.num_rows > batch_rows:
+                    flush()
+                batch.append((part, table))
+            if batch:
+                flush()
+        _swap_in(staging, output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result
+
+
+def _swap_in(staging: Path, output_dir: Path) -> None:
+    staging.mkdir(parents=True, exist_ok=True)  # an empty manifest still replaces the old one
+    old = output_dir.with_name(f".{output_dir.name}.{uuid.uuid4().hex[:8]}.old")
+    if output_dir.exists():
+        os.replace(output_dir, old)
+    os.replace(staging, output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_decisions(batch: list[tuple[ScoredPart, pa.Table]], output_dir: Path, staging: Path, number: int,
+                     thresholds: Thresholds, provenance_update: dict[str, Any], result: Refiltered) -> Path:
+    table = pa.concat_tables([t for _, t in batch])
+    decisions = decide_columns(table, thresholds)
+    _count(result, decisions)
+    out = pa.table([table.column("clip_id")] + [decisions[c] for c in DECISION_COLUMNS], schema=DECISIONS_SCHEMA)
+    provenance = {**read_provenance(batch[0][0].path), **provenance_update}
+    metadata = provenance_metadata(provenance)
+    metadata[DECISIONS_KEY] = json.dumps({
+        "version": DECISIONS_VERSION,
+        "scores": [{"path": str(p.path), "relpath": os.path.relpath(p.path, output_dir), "rows": p.rows}
+                   for p, _ in batch],
+    }).encode()
+    name = f"part-{number:05d}.parquet"
+    write_parquet_atomic(out.replace_schema_metadata(metadata), staging / name)
+    return output_dir / name
+
+
+def _write_materialized(part: ScoredPart, table: pa.Table, output_dir: Path, staging: Path, thresholds: Thresholds,
+                        provenance_update: dict[str, Any], result: Refiltered) -> Path:
+    decisions = decide_columns(table, thresholds)
+    _count(result, decisions)
+    for name in DECISION_COLUMNS:
+        table = table.set_column(table.schema.get_field_index(name), SCHEMA.field(name), decisions[name])
+    provenance = {**read_provenance(part.path), **provenance_update}
+    write_parquet_atomic(table.replace_schema_metadata(provenance_metadata(provenance)), staging / part.path.name)
+    return output_dir / part.path.name
+
+
+def _count(result: Refiltered, decisions: dict[str, pa.Array]) -> None:
+    result.rows += len(decisions["status"])
+    for entry in decisions["status"].value_counts().to_pylist():
+        result.status[entry["values"]] += entry["counts"]
+    for entry in pc.list_flatten(decisions["reject_reasons"]).value_counts().to_pylist():
+        result.reasons[entry["values"]] += entry["counts"]

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -91,18 +90,15 @@ def locate(run_dir: str | Path) -> tuple[Path, Path]:
     path = Path(run_dir)
     if (path / "manifest").is_dir():
         return path, path / "manifest"
-    if path.is_dir() and part_files(path):
+    if path.is_dir() and part_files(path):  # a manifest directory, scores or a refilter's decisions
         return path.parent, path
     raise MegactorError(f"no manifest in {path} (expected {path / 'manifest'} or Parquet part files)")
 
 
 def read_columns(manifest_dir: Path) -> pa.Table:
-    """The manifest's columns the report reads, with the schema's types (as ``manifest.read_manifest``)."""
-    columns = list(COLUMNS + PROBE_COLUMNS) + ["reject_reasons"]
-    parts = part_files(manifest_dir)
-    if not parts:
-        return manifest.SCHEMA.empty_table().select(columns)
-    return pa.concat_tables([pq.read_table(p, schema=manifest.SCHEMA, columns=columns) for p in parts])
+    """The manifest's columns the report reads, with the schema's types, through ``manifest.read_manifest``
+    (a ``megactor filter`` output: its scores with its decisions)."""
+    return manifest.read_manifest(manifest_dir, columns=list(COLUMNS + PROBE_COLUMNS) + ["reject_reasons"])
 
 
 def frame_from_table(table: pa.Table) -> pd.DataFrame:

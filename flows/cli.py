@@ -168,23 +168,37 @@ def cmd_augment(args: argparse.Namespace) -> int:
 
 def cmd_filter(args: argparse.Namespace) -> int:
     from curation import manifest
-    from curation.io import part_files
+    from curation.io import part_files, write_json_atomic
 
     source = Path(args.manifest)
     if (source / "manifest").is_dir():
         source = source / "manifest"
     if not part_files(source):
-        raise MegactorError(f"no manifest part files in {source}")
+        raise MegactorError(f"no manifest part files in {source} (expected a megactor curate or filter output)")
     config = _load(args, with_input=False)
     output = Path(args.output)
-    if output.resolve() == source.resolve() or output.resolve() == source.parent.resolve():
-        raise MegactorError("--output must differ from the input manifest (the input is never modified)")
-    written = manifest.refilter(source, output / "manifest", config.thresholds,
-                                {"thresholds": config.thresholds.model_dump(), "refiltered_from": str(source)})
-    table = manifest.read_manifest(output / "manifest")
-    status = table.column("status").value_counts().to_pylist()
-    print(f"{len(written)} part(s), {table.num_rows} clips re-decided -> {output / 'manifest'}")
-    print("status: " + ", ".join(f"{s['values']}={s['counts']}" for s in status))
+    target = (output / "manifest").resolve()
+    if target in {source.resolve(), manifest.scores_dir(source)} or output.resolve() == source.parent.resolve():
+        raise MegactorError("--output must differ from the input manifest and the scores it re-decides "
+                            "(they are never modified)")
+    existing = part_files(target)
+    if existing and "refiltered_from" not in manifest.read_provenance(existing[0]):
+        raise MegactorError(f"{target} holds a curated manifest, not a megactor filter output: choose another "
+                            "--output (it would be replaced)")
+    thresholds = config.thresholds.model_dump()
+    result = manifest.refilter(source, target, config.thresholds,
+                               {"thresholds": thresholds, "refiltered_from": str(source.resolve())},
+                               materialize=args.materialize)
+    status = dict(result.status.most_common())
+    reasons = dict(result.reasons.most_common())
+    scores = [str(d) for d in result.scores_dirs]
+    write_json_atomic({"scores": scores[0] if len(scores) == 1 else scores, "materialized": args.materialize,
+                       "refiltered_from": str(source.resolve()), "thresholds": thresholds, "rows": result.rows,
+                       "status": status, "reasons": reasons}, output / "refilter.json")
+    kind = "standalone manifest" if args.materialize else f"decisions over the scores in {', '.join(scores)}"
+    print(f"{len(result.parts)} part(s), {result.rows} clips re-decided -> {target} ({kind})")
+    print("status: " + ", ".join(f"{s}={n}" for s, n in status.items()))
+    print("reasons: " + (", ".join(f"{r}={n}" for r, n in reasons.items()) or "none"))
     return 0
 
 
@@ -521,8 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     refilter = commands.add_parser("filter", help="re-apply thresholds to a manifest without re-scoring")
     refilter.add_argument("--manifest", required=True, metavar="DIR", help="a run's output or manifest directory")
-    refilter.add_argument("--output", required=True, metavar="DIR", help="where the re-decided manifest goes")
+    refilter.add_argument("--output", required=True, metavar="DIR",
+                          help="where the decisions go (DIR/manifest, read with the scores by every megactor "
+                               "command; DIR/refilter.json names the scores)")
     refilter.add_argument("--config", metavar="FILE", help="YAML config with thresholds")
+    refilter.add_argument("--materialize", action="store_true",
+                          help="write a standalone copy of every part (scores and new decisions) instead of "
+                               "decisions that point at the input's scores")
     _add_threshold_flags(refilter)
     refilter.set_defaults(func=cmd_filter)
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from curation.manifest import REQUIRED_COLUMNS, read_provenance
+from curation.manifest import REQUIRED_COLUMNS, read_manifest, read_provenance
 from tests.flows.conftest import REPO, subset
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_refilter_changes_decisions_not_scores(score_all_run, megactor, tmp_path
     output, df, _ = score_all_run
     megactor("filter", "--manifest", str(output), "--output", str(tmp_path), "--face-res-min", "200",
              "--no-require-lip-sync")
-    new = pd.read_parquet(tmp_path / "manifest").set_index("clip_id").loc[df["clip_id"]]
+    new = read_manifest(tmp_path / "manifest").to_pandas().set_index("clip_id").loc[df["clip_id"]]  # scores + decisions
     pd.testing.assert_series_equal(new["face_res_px"], df.set_index("clip_id")["face_res_px"])
     katie = new[new["source_path"].str.endswith("/sadtalker_WDA_KatieHill_000.mp4")]  # face ~256 px
     assert not any("face_too_small" in r for r in katie["reject_reasons"])
