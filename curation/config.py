@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.errors import ConfigError
 
@@ -88,6 +88,27 @@ class Thresholds(_Strict):
     require_lip_sync: bool = True
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare on/off as a boolean: take it as the word that was meant."""
+    return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class GpuPoolConfig(_Strict):
+    """DWPose and SyncNet as a pool of Ray actors that hold the models on the GPUs, fed by shard tasks that decode
+    on CPU cores (and request no GPU themselves). Scores are the same as in-process (curation.gpu_pool)."""
+
+    mode: Literal["auto", "on", "off"] = "auto"  # auto: on when the Ray cluster has GPUs (and device is not cpu)
+    actors_per_gpu: int = Field(2, ge=1, le=16)  # each actor holds both models; 2 overlap one's CPU work
+    size: int | None = Field(None, ge=1)  # actors in all (None: GPUs in the cluster x actors_per_gpu, or 1)
+    max_in_flight: int = Field(2, ge=1, le=64)  # model requests one shard keeps in flight (backpressure)
+    actor_num_cpus: float = Field(1.0, gt=0)  # for the actor's pre/post-processing (letterbox, NMS, SimCC)
+    shard_num_gpus: float = Field(0.0, ge=0, le=1)  # > 0 lets shard tasks see a GPU, for NVDEC decoding
+    max_restarts: int = Field(3, ge=-1)  # an actor process that dies is restarted (-1: without limit)
+    max_task_retries: int = Field(2, ge=-1)  # ... and its requests retried; then the clip gets an error row
+
+    _yaml_switch = field_validator("mode", mode="before")(lambda value: _on_off(value))
+
+
 class RuntimeConfig(_Strict):
     shard_hours: float = Field(1.0, gt=0)
     shard_max_files: int = Field(2000, ge=1)
@@ -98,6 +119,10 @@ class RuntimeConfig(_Strict):
     ray_num_cpus: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # where models run; "auto": a GPU when one is visible
     score_all: bool = False
+    hwaccel: Literal["auto", "cuda", "off"] = "auto"  # ffmpeg -hwaccel cuda (NVDEC) for the scorers' decoding
+    gpu_pool: GpuPoolConfig = GpuPoolConfig()
+
+    _yaml_switch = field_validator("hwaccel", mode="before")(lambda value: _on_off(value))
 
 
 class CurationConfig(_Strict):

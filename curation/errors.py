@@ -50,6 +50,13 @@ class MediaTimeoutError(MediaError):
     reason = "media_timeout"
 
 
+class ModelWorkerError(MediaError):
+    """The GPU actor that runs a clip's model part died and Ray's restarts and retries did not bring it back for
+    this request: the clip gets an error row (a rerun into a new output scores it again), never goes missing."""
+
+    reason = "model_worker_failed"
+
+
 class ToolMissingError(MegactorError):
     """An external program (ffmpeg, ffprobe) is not installed."""
 

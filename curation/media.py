@@ -294,6 +294,7 @@ def iter_frames(
     fps: float | None = None,
     max_side: int | None = None,
     timeout_s: float | None = None,
+    hwaccel: str | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(t, frame)`` at a constant rate from one ffmpeg process: frame k is at ``start_s + k / fps``
     in source time, an ``HxWx3`` contiguous uint8 RGB array in display orientation (ffmpeg autorotates).
@@ -303,6 +304,9 @@ def iter_frames(
     the span); time the consumer spends between frames is not counted, so a slow scorer cannot time a healthy
     decode out. Arguments are checked here, at call time; the process starts on the first ``next()`` and is
     killed if the consumer stops early (``close()``, ``break``, garbage collection).
+
+    ``hwaccel``: an ffmpeg hardware decoder (``"cuda"``: NVDEC; see ``curation.devices.decode_hwaccel``); the
+    pictures are downloaded and go through the same filters to rgb24, so the frames have the same shape.
 
     Raises DecodeError (no video, ffmpeg exits non-zero, e.g. a corrupt packet), MediaTimeoutError,
     ToolMissingError.
@@ -329,6 +333,8 @@ def iter_frames(
     input_args: dict[str, Any] = {"copyts": None, "start_at_zero": None}
     if seek_s > 0:
         input_args["ss"] = f"{seek_s:.6f}"
+    if hwaccel:
+        input_args["hwaccel"] = hwaccel  # no -hwaccel_output_format: frames come back to system memory
     source = ffmpeg.input(_source(path), **input_args)
     video = (
         source["V:0"]  # "V": not a cover-art picture

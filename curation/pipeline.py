@@ -27,14 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation import clips, filters, manifest
+from curation import clips, filters, gpu_pool, manifest
 from curation.config import CurationConfig
-from curation.devices import cuda_available, resolve_device
+from curation.devices import cuda_available, decode_hwaccel, resolve_device
 from curation.errors import ConfigError, MediaError
+from curation.gpu_pool import GpuPool
 from curation.io import write_json_atomic
 from curation.media import ProbeResult
 from curation.scorers.audio_activity import AudioActivityScorer
-from curation.scorers.base import ClipSpan, Scorer
+from curation.scorers.base import LOCAL_RUNNER, ClipSpan, Scorer
 from curation.scorers.face_dwpose import DWPoseFaceScorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
 from curation.scorers.sync_syncnet import SyncNetScorer
@@ -188,16 +189,17 @@ def load_or_save_plan(layout: OutputLayout, shards: list[list[str]], config: Cur
 
 # -- processing one shard ------------------------------------------------------------------------------------
 
-_SCORER_CACHE: dict[str, list[Scorer]] = {}
+_SCORER_CACHE: dict[tuple[str, bool], list[Scorer]] = {}
 
 
-def cached_scorers(config: CurationConfig) -> list[Scorer]:
-    """Scorers of this worker process: models load once per process, not per shard or clip."""
-    key = config.scoring_hash()
+def cached_scorers(config: CurationConfig, *, pooled: bool = False) -> list[Scorer]:
+    """Scorers of this worker process: models load once per process, not per shard or clip. ``pooled``: the
+    model parts run in a GPU pool's actors, so these scorers load no model (and their device does not matter)."""
+    key = (config.scoring_hash(), pooled)
     if key not in _SCORER_CACHE:
         if not _SCORER_CACHE:
             atexit.register(close_cached_scorers)
-        _SCORER_CACHE[key] = build_scorers(config)
+        _SCORER_CACHE[key] = build_scorers(config, device="cpu" if pooled else None)
     return _SCORER_CACHE[key]
 
 
@@ -245,16 +247,28 @@ def _span_row(base: dict[str, Any], start: float, end: float, clip_index: int, s
 
 
 class ShardProcessor:
-    def __init__(self, config: CurationConfig, output: str | Path):
+    """``pool``: a ``curation.gpu_pool.GpuPool`` that runs the GPU scorers' model parts (None: in-process)."""
+
+    def __init__(self, config: CurationConfig, output: str | Path, pool: GpuPool | None = None):
         self.config = config
         self.layout = OutputLayout(Path(output))
         self.thresholds = config.thresholds
         self.score_all = config.runtime.score_all
+        self.pool = pool
+
+    def _scorers(self) -> list[Scorer]:
+        scorers = cached_scorers(self.config, pooled=self.pool is not None)
+        hwaccel = decode_hwaccel(self.config.runtime.hwaccel)
+        for scorer in scorers:
+            if scorer.has_model_part:
+                scorer.model_runner = self.pool if self.pool is not None else LOCAL_RUNNER
+                scorer.decode_options = {"hwaccel": hwaccel} if hwaccel else {}
+        return scorers
 
     def process(self, shard: int, sources: Iterable[dict[str, Any]]) -> dict[str, Any]:
         """Score one shard and commit it (part file, then done marker). Returns the shard's counters."""
         started = time.perf_counter()
-        scorers = cached_scorers(self.config)
+        scorers = self._scorers()
         before = {s.name: Counter(s.counters) for s in scorers}
         counters: Counter[str] = Counter()
         rows: list[dict[str, Any]] = []
@@ -348,18 +362,29 @@ def listing_digest(paths: Iterable[str]) -> str:
     return hashlib.sha256("\n".join(paths).encode()).hexdigest()[:16]
 
 
-def ray_resources(config: CurationConfig) -> dict[str, float]:
+def ray_resources(config: CurationConfig, pool: GpuPool | None = None) -> dict[str, float]:
     """Per-shard resource request, from the scorer classes (the runner, not the scorers, talks to Ray). A shard
     runs its scorers one after another, so it asks for the largest request, not the sum; a GPU fraction lets
     that many shards share one GPU, which bounds the GPU's concurrent consumers while their CPU decoding
     overlaps. GPUs are requested when ``runtime.device`` is "cuda", or "auto" and this machine has one (a
-    cluster whose head has no GPU needs ``device: cuda``)."""
+    cluster whose head has no GPU needs ``device: cuda``). With a GPU ``pool`` the models run in its actors: a
+    shard asks for the GPUs of its other scorers only, plus ``gpu_pool.shard_num_gpus`` (to see one for NVDEC)."""
     scorers = build_scorers(config, device="cpu")
     wants_gpu = config.runtime.device == "cuda" or (config.runtime.device == "auto" and cuda_available())
     gpus = max(s.num_gpus for s in scorers) if wants_gpu else 0.0
+    if pool is not None:
+        local = [s.num_gpus for s in scorers if s.name not in pool.names]
+        gpus = max([*local, 0.0]) if wants_gpu else 0.0
+        gpus = max(gpus, config.runtime.gpu_pool.shard_num_gpus)
     request: dict[str, float] = {"num_cpus": max(s.num_cpus for s in scorers), "num_gpus": gpus}
     if gpus:
         # Ray ends a GPU task's worker after one call by default (to free the GPU); ours keep their models
         # loaded across shards instead: 0 = no limit.
         request["max_calls"] = 0
     return request
+
+
+def start_gpu_pool(config: CurationConfig) -> GpuPool | None:
+    """The run's GPU pool (``runtime.gpu_pool``), or None: call where Ray is initialised, pass the pool to
+    :class:`ShardProcessor` and :func:`ray_resources`, ``shutdown()`` it at the end."""
+    return gpu_pool.start(config, lambda device: build_scorers(config, device=device))

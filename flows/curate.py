@@ -30,6 +30,7 @@ from tqdm import tqdm
 from curation import inventory, pipeline
 from curation.config import CurationConfig
 from curation.errors import ConfigError, ShardsFailedError
+from curation.gpu_pool import GpuPool
 from curation.io import write_json_atomic, write_text_atomic
 from curation.report import build_report
 from curation.sources import SourceFile, make_source
@@ -49,8 +50,9 @@ def inventory_batch(batch: int, files: list[SourceFile], config: CurationConfig,
 
 
 @task(name="score-shard", cache_policy=NO_CACHE)
-def score_shard(shard: int, sources: list[dict[str, Any]], config: CurationConfig, output: str) -> dict[str, Any]:
-    result = pipeline.ShardProcessor(config, output).process(shard, sources)
+def score_shard(shard: int, sources: list[dict[str, Any]], config: CurationConfig, output: str,
+                pool: GpuPool | None = None) -> dict[str, Any]:
+    result = pipeline.ShardProcessor(config, output, pool=pool).process(shard, sources)
     get_run_logger().info("shard %d: %d sources, %d clips in %.1f s", shard, len(sources), result["rows"],
                           result["wall_s"])
     return result
@@ -97,7 +99,6 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
     layout = pipeline.OutputLayout(Path(output))
     layout.state.mkdir(parents=True, exist_ok=True)
     write_text_atomic(yaml.safe_dump(config.to_dict(), sort_keys=False), layout.root / "config.yaml")
-    resources = pipeline.ray_resources(config)
 
     # 1. list the sources (cheap, on the driver)
     files, ignored = _list_files(config)
@@ -119,9 +120,13 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
     plan = pipeline.load_or_save_plan(layout, pipeline.plan_shards(
         inventory_rows, shard_hours=config.runtime.shard_hours, max_files=config.runtime.shard_max_files), config)
     done = [i for i in range(len(plan)) if layout.shard_done(i).exists()]
-    todo = [(i, [by_path[p] for p in paths], config, output) for i, paths in enumerate(plan)
-            if not layout.shard_done(i).exists()]
-    logger.info("%d shards planned, %d already done, %d to score", len(plan), len(done), len(todo))
+    # the GPU scorers' models in a pool of Ray actors (runtime.gpu_pool), fed by shard tasks that decode on CPUs
+    to_score = [i for i in range(len(plan)) if not layout.shard_done(i).exists()]
+    pool = pipeline.start_gpu_pool(config) if to_score else None
+    resources = pipeline.ray_resources(config, pool)
+    todo = [(i, [by_path[p] for p in plan[i]], config, output, pool) for i in to_score]
+    logger.info("%d shards planned, %d already done, %d to score%s", len(plan), len(done), len(todo),
+                f"; GPU pool of {len(pool.actors)} actors" if pool else "")
 
     # 4. score shards on the task runner (Ray by default), with progress in the terminal and the UI
     progress_id = create_progress_artifact(progress=100.0 * len(done) / len(plan), key="curation-progress",
@@ -137,6 +142,8 @@ def curate(config: CurationConfig, output: str) -> dict[str, Any]:
             logger.error("a shard failed: %s", error)
         finished += 1
         update_progress_artifact(progress_id, 100.0 * finished / len(plan))
+    if pool is not None:
+        pool.shutdown()
 
     # 5. summarise what is on disk (so a resumed run reports everything)
     provenance = pipeline.provenance(config)

@@ -201,13 +201,24 @@ def evaluate(net: SyncNet, frames: Iterable[np.ndarray], audio: np.ndarray, *, v
     """Scores of one face track: ``frames`` are its 25 fps 224x224 BGR uint8 crops (any iterable, consumed
     lazily), ``audio`` the matching 16 kHz int16 samples. As in the reference, the shorter of the two streams
     sets the number of windows."""
-    max_windows = window_count(len(audio) // SAMPLES_PER_FRAME, len(audio))
-    if max_windows == 0:
+    if window_count(len(audio) // SAMPLES_PER_FRAME, len(audio)) == 0:
         raise ValueError(f"too short for SyncNet: {len(audio)} audio samples give no {WINDOW}-frame window")
+    lip, aud = embed_windows(net, frames, mfcc_features(audio), len(audio), batch_size=batch_size, device=device)
+    return sync_scores(lip, aud, vshift)
+
+
+def embed_windows(net: SyncNet, frames: Iterable[np.ndarray], mfcc: np.ndarray, n_samples: int, *,
+                  batch_size: int = 64, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The network's part of :func:`evaluate`: lip and audio features (W, 1024) of the W windows of a track,
+    given its frames, its MFCC (:func:`mfcc_features`) and its number of audio samples. Raises ValueError when
+    there is no window."""
+    max_windows = window_count(n_samples // SAMPLES_PER_FRAME, n_samples)
+    if max_windows == 0:
+        raise ValueError(f"too short for SyncNet: {n_samples} audio samples give no {WINDOW}-frame window")
     lip, n_frames = embed_lips(net, frames, max_windows, batch_size=batch_size, device=device)
-    n_windows = max_windows if n_frames is None else window_count(n_frames, len(audio))
+    n_windows = max_windows if n_frames is None else window_count(n_frames, n_samples)
     if n_windows == 0:
-        raise ValueError(f"too short for SyncNet: {n_frames} frames and {len(audio)} audio samples give no "
+        raise ValueError(f"too short for SyncNet: {n_frames} frames and {n_samples} audio samples give no "
                          f"{WINDOW}-frame window")
-    aud = embed_audio(net, mfcc_features(audio), n_windows, batch_size=batch_size, device=device)
-    return sync_scores(lip[:n_windows], aud, vshift)
+    aud = embed_audio(net, mfcc, n_windows, batch_size=batch_size, device=device)
+    return lip[:n_windows], aud

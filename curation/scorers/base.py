@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import pyarrow as pa
 
@@ -34,11 +34,57 @@ class ClipSpan:
         return self.end_s - self.start_s
 
 
+class ModelRunner(Protocol):
+    """Runs a scorer's model part (``Scorer.infer``) on a stream of requests, in order. In-process by default
+    (:class:`LocalRunner`); ``curation.gpu_pool`` provides one backed by Ray actors that hold the model on a GPU."""
+
+    remote: bool  # requests leave the process (a scorer then materialises lazy inputs before sending them)
+
+    def map(self, scorer: Scorer, requests: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        """``(request, scorer.infer(request))`` for each request, in order, computed wherever the model lives."""
+
+
+class LocalRunner:
+    remote = False
+
+    def map(self, scorer: Scorer, requests: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        for request in requests:
+            yield request, scorer.infer(request)
+
+
+LOCAL_RUNNER = LocalRunner()
+
+
 class Scorer(Component, ABC):
     fields: ClassVar[tuple[pa.Field, ...]]  # the manifest columns this scorer fills (all nullable)
     version_column: ClassVar[str]  # the manifest column that records which scorer version filled them
     needs_audio: ClassVar[bool] = False  # skip (leave null) on sources without an audio stream
     inputs: ClassVar[tuple[str, ...]] = ()  # columns of earlier scorers that score() reads (skip when null)
+    # True: score() is the CPU part (decode, crop, features) and sends model requests through ``model_runner``
+    # to ``infer()``, which may run in a GPU actor (curation.gpu_pool); setup() then loads nothing here
+    has_model_part: ClassVar[bool] = False
+    model_runner: ModelRunner = LOCAL_RUNNER  # set per instance by the shard runner
+    decode_options: Mapping[str, Any] = {}  # extra media.iter_frames keywords set by the runner (e.g. hwaccel)
+
+    def infer(self, request: Any) -> Any:
+        """The model part: one batched request -> its outputs (needs ``setup_model()`` first)."""
+        raise NotImplementedError(f"{self.name} has no model part")
+
+    def setup_model(self) -> None:
+        """Load the model ``infer()`` runs (once per process that runs it: the shard's, or a GPU actor's)."""
+
+    def setup(self) -> None:
+        if self.has_model_part and not self.model_runner.remote:
+            self.setup_model()
+
+    def ensure_model(self) -> None:
+        """For a process that only runs the model part (a GPU actor): load the model once."""
+        if not self._ready:
+            self.check_requirements()
+            started = time.perf_counter()
+            self.setup_model()
+            self.counters["setup_s"] += time.perf_counter() - started
+            self._ready = True
 
     @abstractmethod
     def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:

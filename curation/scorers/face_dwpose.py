@@ -17,7 +17,8 @@ its "600 x 600" refers to."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -66,15 +67,20 @@ class DWPoseFaceScorer(Scorer):
     version_column = "face_version"
     requires = {"onnxruntime": "paper"}
     num_gpus = 0.5  # read by the Ray runner when the device is a GPU: two workers share one
+    has_model_part = True  # score(): decode (CPU); infer(): DWPose on a batch of frames (a GPU actor, pooled)
     fields = FACE_FIELDS
 
     def weight_sources(self) -> dict[str, Any]:
         cfg = self.config.dwpose
         return {"yolox_l": cfg.detector_weights, "dw-ll_ucoco_384": cfg.pose_weights}
 
-    def setup(self) -> None:
+    def setup_model(self) -> None:
         detector, pose = (weights.resolve_or_local(name, local) for name, local in self.weight_sources().items())
         self._model = DWPose.from_config(detector, pose, devices.onnx_providers(self.device), self.config.dwpose)
+
+    def infer(self, request: list[np.ndarray]) -> list[list[Person]]:
+        """The model part: the persons on each RGB frame of one batch (YOLOX-L + DWPose-L, pre/post-processing)."""
+        return self._model(request)
 
     def close(self) -> None:
         self._model = None
@@ -85,12 +91,19 @@ class DWPoseFaceScorer(Scorer):
         width, height = clip.probe.width, clip.probe.height
         frames = media.iter_frames(clip.path, clip.probe, start_s=clip.start_s, duration_s=clip.duration_s,
                                    fps=self.config.sample_fps,
-                                   max_side=cfg.max_side)
+                                   max_side=cfg.max_side, **self.decode_options)
+        times: deque[list[float]] = deque()  # per request sent, its frames' times (results come back in order)
+
+        def requests() -> Iterator[list[np.ndarray]]:
+            for batch in media.batches(media.prefetch(frames, depth=cfg.batch_size), cfg.batch_size):
+                self.counters["frames_decoded"] += len(batch)
+                rgbs = [rgb for _, rgb in batch]
+                times.append([t for t, _ in batch])
+                yield rgbs
+
         track = []
-        for batch in media.batches(media.prefetch(frames, depth=cfg.batch_size), cfg.batch_size):
-            self.counters["frames_decoded"] += len(batch)
-            rgbs = [rgb for _, rgb in batch]
-            for (t, rgb), persons in zip(batch, self._model(rgbs), strict=True):
+        for rgbs, detections in self.model_runner.map(self, requests()):
+            for t, rgb, persons in zip(times.popleft(), rgbs, detections, strict=True):
                 scale = (width / rgb.shape[1], height / rgb.shape[0])
                 track.append(face_point(t, persons, scale, width, height, cfg))
         return summarise_track(track)

@@ -10,7 +10,8 @@ frames; crops go to the network in memory (the reference writes an MPEG-4 file a
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,16 @@ from curation.errors import DecodeError, TooShortForSyncError
 from curation.scorers.base import ClipSpan, Scorer
 
 PAD_VALUE = 110
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """One track for the network: 224x224 BGR crops (a lazy stream in-process, an (F, 224, 224, 3) array sent to
+    a GPU actor), the MFCC of its audio and its number of audio samples (which set the windows)."""
+
+    crops: Iterable[np.ndarray]
+    mfcc: np.ndarray
+    n_samples: int
 
 
 def crop_boxes(track: Sequence[Mapping[str, Any]], times: np.ndarray, smooth_frames: int) -> np.ndarray | None:
@@ -87,6 +98,7 @@ class SyncNetScorer(Scorer):
     needs_audio = True
     inputs = ("face_track",)
     num_gpus = 0.25  # a small network: four shard workers share one GPU, their decoding overlapping
+    has_model_part = True  # score(): decode, crop, MFCC (CPU); infer(): the network's features (a GPU actor)
     fields = (
         pa.field("sync_offset", pa.int16()),
         pa.field("sync_c", pa.float32()),
@@ -95,10 +107,17 @@ class SyncNetScorer(Scorer):
         pa.field("sync_frame_conf", pa.list_(pa.float32())),
     )
 
-    def setup(self) -> None:
+    def setup_model(self) -> None:
         from metrics.syncnet import load_syncnet
 
         self._net = load_syncnet(weights.resolve_or_local("syncnet_v2", self.config.weights), self.device)
+
+    def infer(self, request: SyncRequest) -> tuple[Any, Any]:
+        """The model part: lip and audio features (W, 1024) of the track's windows (torch tensors on the CPU)."""
+        from metrics import syncnet
+
+        return syncnet.embed_windows(self._net, request.crops, request.mfcc, request.n_samples,
+                                     batch_size=self.config.batch_size, device=self.device)
 
     def close(self) -> None:
         self._net = None
@@ -118,7 +137,8 @@ class SyncNetScorer(Scorer):
         return self._evaluate(clip, self._crops(clip, boxes))
 
     def _crops(self, clip: ClipSpan, boxes: np.ndarray) -> Iterator[np.ndarray]:
-        frames = media.iter_frames(clip.path, clip.probe, start_s=clip.start_s, duration_s=clip.duration_s, fps=25)
+        frames = media.iter_frames(clip.path, clip.probe, start_s=clip.start_s, duration_s=clip.duration_s, fps=25,
+                                   **self.decode_options)
         for index, (_, rgb) in enumerate(frames):
             if index >= len(boxes):
                 break
@@ -131,11 +151,19 @@ class SyncNetScorer(Scorer):
 
         audio = to_int16(media.decode_audio(clip.path, start_s=clip.start_s, duration_s=clip.duration_s,
                                             sample_rate=syncnet.SAMPLE_RATE))
+        if syncnet.window_count(len(audio) // syncnet.SAMPLES_PER_FRAME, len(audio)) == 0:
+            raise TooShortForSyncError(f"too short for SyncNet: {len(audio)} audio samples give no "
+                                       f"{syncnet.WINDOW}-frame window", path=clip.path)
+        # the CPU part: crops (decoded in a thread), MFCC; the network runs in-process or in a GPU actor, which
+        # is sent every crop (the same frames the in-process stream would have given it, so the same scores)
+        stream = media.prefetch(crops)
+        request = SyncRequest(np.stack(list(stream)) if self.model_runner.remote else stream,
+                              syncnet.mfcc_features(audio), len(audio))
         try:
-            scores = syncnet.evaluate(self._net, media.prefetch(crops), audio, vshift=self.config.vshift,
-                                      batch_size=self.config.batch_size, device=self.device)
-        except ValueError as error:  # fewer than six frames or 0.24 s of audio in the span
+            (_, (lip, aud)), = self.model_runner.map(self, [request])
+        except ValueError as error:  # fewer than six frames in the span
             raise TooShortForSyncError(str(error), path=clip.path) from None
+        scores = syncnet.sync_scores(lip, aud, self.config.vshift)
         self.counters["sync_windows"] += scores.windows
         return {"sync_offset": scores.offset, "sync_c": scores.sync_c, "sync_d": scores.sync_d,
                 "sync_windows": scores.windows, "sync_frame_conf": scores.frame_conf.tolist()}
@@ -145,7 +173,7 @@ class SyncNetScorer(Scorer):
         every 25 fps frame, resized to 224x224 if it is not already."""
         import cv2
 
-        self.ensure_setup()
+        self.ensure_setup()  # a scorer used alone: the model loads here
 
         def crops() -> Iterator[np.ndarray]:
             for _, rgb in media.iter_frames(clip.path, clip.probe, start_s=clip.start_s,
