@@ -1,0 +1,128 @@
+"""Benchmark: the training loader's cost per sample, the one-process decoding (issue 12) against the loader before
+it (``ManifestDataset(legacy_decode=True)``: an ffmpeg per segment, reference frame, variant and audio window,
+an ffprobe per variant sample), in one run, on the same (epoch, index) items, per stage. The figure is samples per
+core-second: CPU time of this process and its ffmpeg/ffprobe children (``resource.getrusage``), which load from
+other work on the machine moves less than wall time (also reported). The two loaders alternate in rounds so
+that a change of load hits both alike, and every sample pair is checked equal.
+
+Input: the tiny manifest curated from two shared clips (or ``--manifest``), each clip with a face-swap stand-in
+(negated, half size) and a stylized one (desaturated) in the variant columns, so that the 50/40/10 driving mix
+decodes variants as training on an augmented run does.
+
+    .venv/bin/python bench/train_loader.py [--resolution 256] [--samples 24] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyarrow as pa  # noqa: E402
+import torch  # noqa: E402
+from _report import emit  # noqa: E402
+
+from curation.manifest import read_manifest  # noqa: E402
+from training.data import VARIANT_COLUMNS, DataConfig, ManifestDataset  # noqa: E402
+
+STAGES = {1: 1, 2: 1, 3: 16}  # stage -> num_frames, as training/configs/stage{1,2,3}.yaml
+
+
+def core_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def with_variants(manifest: Path, folder: Path) -> pa.Table:
+    """The manifest's kept rows, each with a face-swap and a stylized stand-in in the variant columns."""
+    table = read_manifest(manifest)
+    table = table.filter(pa.array([bool(k) for k in table.column("keep").to_pylist()]))
+    columns = {kind: [] for kind in VARIANT_COLUMNS}
+    for row in table.to_pylist():
+        for kind, video_filter in (("faceswap", "negate,scale=256:256"), ("stylized", "hue=s=0")):
+            path = folder / f"{row['clip_id']}-{kind}.mp4"
+            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", str(row["start_s"]), "-t",
+                            str(row["duration_s"]), "-i", row["source_path"], "-an", "-vf", video_filter,
+                            "-c:v", "libx264", "-preset", "ultrafast", str(path)], check=True)
+            columns[kind].append(str(path))
+    for kind, column in VARIANT_COLUMNS.items():
+        table = table.set_column(table.schema.get_field_index(column), column, pa.array(columns[kind], pa.string()))
+    return table
+
+
+def same(a: dict | None, b: dict | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.keys() == b.keys() and all(
+        torch.equal(v, b[k]) if torch.is_tensor(v) else v == b[k] for k, v in a.items())
+
+
+def measure(table: pa.Table, stage: int, resolution: int, samples: int, rounds: int) -> dict:
+    config = DataConfig(num_frames=STAGES[stage], resolution=resolution)
+    loaders = {"legacy": ManifestDataset(config, stage=stage, table=table, legacy_decode=True),
+               "one_process": ManifestDataset(config, stage=stage, table=table)}
+    count = len(loaders["legacy"])
+    items = [(n // count, n % count) for n in range(samples)]
+    loaders["one_process"][items[0]]  # warm-up (imports, first-use allocations), not counted
+    loaders["legacy"][items[0]]
+    cpu = dict.fromkeys(loaders, 0.0)
+    wall = dict.fromkeys(loaders, 0.0)
+    equal = True
+    chunk = max(1, len(items) // rounds)
+    for begin in range(0, len(items), chunk):  # alternate, so that a change of load hits both
+        part = items[begin: begin + chunk]
+        out = {}
+        for name, dataset in loaders.items():
+            c, w = core_seconds(), time.perf_counter()
+            out[name] = [dataset[item] for item in part]
+            cpu[name] += core_seconds() - c
+            wall[name] += time.perf_counter() - w
+        equal &= all(same(a, b) for a, b in zip(out["legacy"], out["one_process"], strict=True))
+    figures = {name: {"core_s_per_sample": round(cpu[name] / len(items), 4),
+                      "samples_per_core_s": round(len(items) / cpu[name], 2),
+                      "samples_per_wall_s": round(len(items) / wall[name], 2)} for name in loaders}
+    figures["ratio_per_core_s"] = round(cpu["legacy"] / cpu["one_process"], 2)
+    figures["ratio_per_wall_s"] = round(wall["legacy"] / wall["one_process"], 2)
+    figures["samples_equal"] = equal
+    figures["failures"] = {name: dict(dataset.failures) for name, dataset in loaders.items()}
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    shared = Path(os.environ.get("MEGACTOR_ASSETS", Path(__file__).resolve().parents[2] / "shared"))
+    parser.add_argument("--videos", default=str(shared / "videos"))
+    parser.add_argument("--manifest", help="a curated manifest (default: two shared clips curated here)")
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--samples", type=int, default=24, help="(epoch, index) items per stage")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    figures: dict = {"command": "python bench/train_loader.py " + " ".join(sys.argv[1:]),
+                     "resolution": args.resolution, "samples_per_stage": args.samples,
+                     "load_average_at_start": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.manifest:
+            manifest = Path(args.manifest)
+        else:
+            from tests.tiny_manifest import build_tiny_manifest
+
+            manifest = build_tiny_manifest(Path(args.videos), Path(tmp) / "manifest")
+        table = with_variants(manifest, Path(tmp))
+        for stage in args.stages:
+            figures[f"stage{stage}_{STAGES[stage]}f"] = measure(table, stage, args.resolution, args.samples,
+                                                                args.rounds)
+    figures["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
+    return emit(figures, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
