@@ -141,46 +141,48 @@ def _column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return values.to_numpy(zero_copy_only=False), valid
 
 
-def _lists(hits: np.ndarray, pool: pa.Array, extra_pool_per_row: bool) -> pa.ListArray:
-    """One list per row of the ``pool`` entries whose column is set in ``hits`` (rows x entries), in column
-    order; with ``extra_pool_per_row`` the last column picks row ``i``'s own entry ``pool[len - n + i]``."""
-    rows, cols = np.nonzero(hits)  # row-major: each row's hits in column (= rule) order
-    n, width = hits.shape
+def _lists(hits: list[np.ndarray], pool: pa.Array, n: int, own: np.ndarray | None = None) -> pa.ListArray:
+    """One list per row: ``pool[j]`` for each ``hits[j]`` set on the row, in ``j`` order. With ``own``, a last
+    ``hits`` column picks the row's own entry ``pool[len(hits) - 1 + row]`` instead (the error reason)."""
+    counts = np.zeros(n, dtype=np.int32)
+    for hit in hits:
+        counts += hit
     offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
-    if extra_pool_per_row:
-        last = width - 1
-        cols = np.where(cols == last, last + rows, cols)
-    return pa.ListArray.from_arrays(pa.array(offsets), pool.take(pa.array(cols, pa.int64())))
+    np.cumsum(counts, out=offsets[1:])
+    cursor = offsets[:-1].copy()
+    indices = np.empty(int(offsets[-1]), dtype=np.int64)
+    for j, hit in enumerate(hits):
+        rows = np.flatnonzero(hit)
+        indices[cursor[rows]] = j + rows if own is not None and j == len(hits) - 1 else j
+        cursor[rows] += 1
+    return pa.ListArray.from_arrays(pa.array(offsets), pool.take(pa.array(indices)))
 
 
 def decide_columns(table: pa.Table, thresholds: Thresholds) -> dict[str, pa.Array]:
     """``decide`` for every row of ``table`` at once (it needs the ``DECISION_INPUTS`` columns only):
     ``keep``, ``status``, ``reject_reasons`` and ``unscored_rules`` as Arrow arrays, row for row equal to
     ``decide`` (same reasons in the same order: the rules' order, then the error reason)."""
-    n = table.num_rows
+    table = table.select([c for c in DECISION_INPUTS if c in table.column_names]).combine_chunks()
     rules = [rule for rule in RULES if rule.applies(thresholds)]
-    failed = np.zeros((n, len(rules) + 1), dtype=bool)  # the last column: the row has an error
-    unscored = np.zeros((n, len(rules)), dtype=bool)
     inputs = {name: _column(table, name) for name in dict.fromkeys(c for rule in rules for c in rule.inputs)}
-    for j, rule in enumerate(rules):
+    failed, unscored = [], []
+    for rule in rules:
         values = [inputs[c][0] for c in rule.inputs]
         scored = np.logical_and.reduce([inputs[c][1] for c in rule.inputs])
         passed = np.asarray(rule.test(*values, thresholds), dtype=bool)
-        failed[:, j] = scored & ~passed
-        unscored[:, j] = ~scored
+        failed.append(scored & ~passed)
+        unscored.append(~scored)
 
     error, error_reason = _error_columns(table)
-    failed[:, -1] = error
-    rejected = failed[:, :-1].any(axis=1)
-    codes = np.where(error, 3, np.where(rejected, 1, np.where(unscored.any(axis=1), 2, 0))).astype(np.int8)
+    rejected = np.logical_or.reduce(failed) if failed else np.zeros(table.num_rows, dtype=bool)
+    pending = np.logical_or.reduce(unscored) if unscored else np.zeros(table.num_rows, dtype=bool)
+    codes = np.where(error, 3, np.where(rejected, 1, np.where(pending, 2, 0))).astype(np.int8)
     reason_pool = pa.concat_arrays([pa.array([rule.reason for rule in rules], pa.string()), error_reason])
     return {
         "keep": pa.array(codes == 0),
         "status": pa.array(STATUSES, pa.string()).take(pa.array(codes)),
-        "reject_reasons": _lists(failed, reason_pool, extra_pool_per_row=True),
-        "unscored_rules": _lists(unscored, pa.array([rule.name for rule in rules], pa.string()),
-                                 extra_pool_per_row=False),
+        "reject_reasons": _lists([*failed, error], reason_pool, table.num_rows, own=error),
+        "unscored_rules": _lists(unscored, pa.array([rule.name for rule in rules], pa.string()), table.num_rows),
     }
 
 

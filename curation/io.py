@@ -25,12 +25,13 @@ def _fsync_and_rename(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_parquet_atomic(table: pa.Table, path: str | Path, *, compression: str = "zstd") -> Path:
+def write_parquet_atomic(table: pa.Table, path: str | Path, *, compression: str = "zstd", **options: Any) -> Path:
+    """``options``: more ``pyarrow.parquet.write_table`` settings."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
-        pq.write_table(table, tmp, compression=compression)
+        pq.write_table(table, tmp, compression=compression, **options)
         _fsync_and_rename(tmp, path)
     except OSError as error:
         if error.errno is None:

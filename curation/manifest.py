@@ -16,7 +16,7 @@ import os
 import shutil
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +202,9 @@ DECISION_COLUMNS = ("keep", "status", "reject_reasons", "unscored_rules")
 DECISIONS_SCHEMA = pa.schema(_documented([SCHEMA.field("clip_id")] + [SCHEMA.field(c) for c in DECISION_COLUMNS]))
 DECISIONS_KEY = b"megactor.decisions"  # file metadata of a decisions part: JSON, see ``_pointer``
 DECISIONS_VERSION = "1"
-DECISIONS_BATCH_ROWS = 1_000_000  # rows per decisions part (consecutive scored parts, never split)
+DECISIONS_BATCH_ROWS = 500_000  # rows per decisions part (consecutive scored parts, never split)
+# clip ids are unique: a dictionary would be tried and dropped for them, page after page
+WRITE_OPTIONS = {"use_dictionary": ["status", "reject_reasons", "unscored_rules", "keep"]}
 
 
 @dataclass(frozen=True)
@@ -384,27 +386,37 @@ def refilter(source_dir: str | Path, output_dir: str | Path, thresholds: Thresho
     result = Refiltered([], [])
     columns = None if materialize else ["clip_id", *DECISION_INPUTS]
     batch: list[tuple[ScoredPart, pa.Table]] = []
+    batched = 0
+    # Parts are read by a pool (Parquet decoding frees the GIL), decided here, and written by another thread.
+    readers = ThreadPoolExecutor(workers or min(8, 2 * (os.cpu_count() or 1)))
+    writer = ThreadPoolExecutor(1)
+    writes = []
 
-    def flush() -> None:
-        result.parts.append(_write_decisions(batch, output_dir, staging, len(result.parts), thresholds,
-                                             provenance_update, result))
-        batch.clear()
+    def write(decide: Callable[..., tuple[pa.Table, str]], *args: Any) -> None:
+        table, name = decide(*args, thresholds, provenance_update, output_dir, result)
+        options = {} if materialize else WRITE_OPTIONS
+        writes.append(writer.submit(write_parquet_atomic, table, staging / name, **options))
+        result.parts.append(output_dir / name)
 
     try:
-        with ThreadPoolExecutor(workers or min(4, os.cpu_count() or 1)) as pool:  # Parquet decoding frees the GIL
-            for part, table in _scores_in_order(pool, parts, columns):
-                result.scores.append(part)
-                if materialize:
-                    result.parts.append(_write_materialized(part, table, output_dir, staging, thresholds,
-                                                            provenance_update, result))
-                    continue
-                if batch and sum(t.num_rows for _, t in batch) + table.num_rows > batch_rows:
-                    flush()
-                batch.append((part, table))
-            if batch:
-                flush()
+        for part, table in _scores_in_order(readers, parts, columns):
+            result.scores.append(part)
+            if materialize:
+                write(_materialized, part, table)
+                continue
+            if batch and batched + table.num_rows > batch_rows:
+                write(_decisions, list(batch), len(result.parts))
+                batch, batched = [], 0
+            batch.append((part, table))
+            batched += table.num_rows
+        if batch:
+            write(_decisions, batch, len(result.parts))
+        for done in writes:
+            done.result()
         _swap_in(staging, output_dir)
     finally:
+        readers.shutdown(cancel_futures=True)
+        writer.shutdown(cancel_futures=True)
         shutil.rmtree(staging, ignore_errors=True)
     return result
 
@@ -418,33 +430,31 @@ def _swap_in(staging: Path, output_dir: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_decisions(batch: list[tuple[ScoredPart, pa.Table]], output_dir: Path, staging: Path, number: int,
-                     thresholds: Thresholds, provenance_update: dict[str, Any], result: Refiltered) -> Path:
+def _decisions(batch: list[tuple[ScoredPart, pa.Table]], number: int, thresholds: Thresholds,
+               provenance_update: dict[str, Any], output_dir: Path, result: Refiltered) -> tuple[pa.Table, str]:
+    """A decisions part: ``clip_id`` and the decisions of consecutive scored parts, with its pointer to them."""
     table = pa.concat_tables([t for _, t in batch])
     decisions = decide_columns(table, thresholds)
     _count(result, decisions)
     out = pa.table([table.column("clip_id")] + [decisions[c] for c in DECISION_COLUMNS], schema=DECISIONS_SCHEMA)
-    provenance = {**read_provenance(batch[0][0].path), **provenance_update}
-    metadata = provenance_metadata(provenance)
+    metadata = provenance_metadata({**read_provenance(batch[0][0].path), **provenance_update})
     metadata[DECISIONS_KEY] = json.dumps({
         "version": DECISIONS_VERSION,
         "scores": [{"path": str(p.path), "relpath": os.path.relpath(p.path, output_dir), "rows": p.rows}
                    for p, _ in batch],
     }).encode()
-    name = f"part-{number:05d}.parquet"
-    write_parquet_atomic(out.replace_schema_metadata(metadata), staging / name)
-    return output_dir / name
+    return out.replace_schema_metadata(metadata), f"part-{number:05d}.parquet"
 
 
-def _write_materialized(part: ScoredPart, table: pa.Table, output_dir: Path, staging: Path, thresholds: Thresholds,
-                        provenance_update: dict[str, Any], result: Refiltered) -> Path:
+def _materialized(part: ScoredPart, table: pa.Table, thresholds: Thresholds, provenance_update: dict[str, Any],
+                  output_dir: Path, result: Refiltered) -> tuple[pa.Table, str]:
+    """A standalone copy of a scored part with its decision columns replaced."""
     decisions = decide_columns(table, thresholds)
     _count(result, decisions)
     for name in DECISION_COLUMNS:
         table = table.set_column(table.schema.get_field_index(name), SCHEMA.field(name), decisions[name])
     provenance = {**read_provenance(part.path), **provenance_update}
-    write_parquet_atomic(table.replace_schema_metadata(provenance_metadata(provenance)), staging / part.path.name)
-    return output_dir / part.path.name
+    return table.replace_schema_metadata(provenance_metadata(provenance)), part.path.name
 
 
 def _count(result: Refiltered, decisions: dict[str, pa.Array]) -> None:
