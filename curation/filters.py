@@ -190,8 +190,8 @@ def _error_columns(table: pa.Table) -> tuple[np.ndarray, pa.Array]:
     """Rows with an error (a non-empty ``error``, as ``if row.get("error")``) and, per row, the reason
     ``decide`` records for it (``error_reason``, or ``"error"`` when that is null or empty)."""
     n, names = table.num_rows, table.column_names
-    error = table.column("error") if "error" in names else pa.chunked_array([pa.nulls(n, pa.string())])
-    reason = table.column("error_reason") if "error_reason" in names else pa.chunked_array([pa.nulls(n, pa.string())])
+    error, reason = (table.column(c).cast(pa.string()) if c in names else pa.chunked_array([pa.nulls(n, pa.string())])
+                     for c in ("error", "error_reason"))
     has_error = pc.fill_null(pc.greater(pc.utf8_length(error), 0), False).to_numpy(zero_copy_only=False)
     named = pc.fill_null(pc.greater(pc.utf8_length(reason), 0), False)
     return has_error, pc.if_else(named, reason, "error").combine_chunks()

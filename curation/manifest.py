@@ -203,6 +203,7 @@ DECISIONS_SCHEMA = pa.schema(_documented([SCHEMA.field("clip_id")] + [SCHEMA.fie
 DECISIONS_KEY = b"megactor.decisions"  # file metadata of a decisions part: JSON, see ``_pointer``
 DECISIONS_VERSION = "1"
 DECISIONS_BATCH_ROWS = 500_000  # rows per decisions part (consecutive scored parts, never split)
+READ_AHEAD = 64  # parts
 # clip ids are unique: a dictionary would be tried and dropped for them, page after page
 WRITE_OPTIONS = {"use_dictionary": ["status", "reject_reasons", "unscored_rules", "keep"]}
 
@@ -253,17 +254,6 @@ def _pointer(path: Path, metadata: pq.FileMetaData) -> list[ScoredPart] | None:
     return scored
 
 
-def scored_parts(manifest_dir: str | Path) -> list[ScoredPart]:
-    """The parts holding the scores of a manifest directory: its own parts, or, for a ``megactor filter``
-    output, the parts its decisions point at (a refilter of a refilter chains to the original scores)."""
-    scored: list[ScoredPart] = []
-    for part in part_files(manifest_dir):
-        metadata = _open(part).metadata
-        pointed = _pointer(part, metadata)
-        scored += pointed if pointed is not None else [ScoredPart(part.resolve(), metadata.num_rows)]
-    return scored
-
-
 def scores_dir(manifest_dir: str | Path) -> Path:
     """Where the scores of a manifest directory are: itself, or the scored manifest a refilter re-decides."""
     parts = part_files(manifest_dir)
@@ -271,13 +261,13 @@ def scores_dir(manifest_dir: str | Path) -> Path:
     return pointed[0].path.parent if pointed else Path(manifest_dir).resolve()
 
 
-def _read_part(file: pq.ParquetFile, columns: Sequence[str] | None) -> pa.Table:
-    """A part's ``columns`` (all: None) with the schema's types, a column the file lacks as nulls. Decoded in
-    the calling thread: ``refilter`` reads parts in parallel, and Arrow's own threads only add contention on
-    parts of a few thousand rows."""
+def _read_part(file: pq.ParquetFile, columns: Sequence[str] | None, *, use_threads: bool = True) -> pa.Table:
+    """A part's ``columns`` (all: None) with the schema's types, a column the file lacks as nulls.
+    ``refilter`` reads many parts in parallel, each in one thread (``use_threads=False``): Arrow's own threads
+    only add contention on parts of a few hundred rows."""
     present = set(file.schema_arrow.names)
     wanted = SCHEMA.names if columns is None else list(columns)
-    table = file.read(columns=[c for c in wanted if c in present], use_threads=False)
+    table = file.read(columns=[c for c in wanted if c in present], use_threads=use_threads)
     arrays = []
     for name in wanted:
         target = SCHEMA.field(name)
@@ -289,8 +279,8 @@ def _read_part(file: pq.ParquetFile, columns: Sequence[str] | None) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in wanted], SCHEMA.metadata))
 
 
-def _read_scores(part: ScoredPart, columns: Sequence[str] | None) -> pa.Table:
-    table = _read_part(_open(part.path), columns)
+def _read_scores(part: ScoredPart, columns: Sequence[str] | None, *, use_threads: bool = True) -> pa.Table:
+    table = _read_part(_open(part.path), columns, use_threads=use_threads)
     if table.num_rows != part.rows:
         raise MegactorError(f"{part.path} holds {table.num_rows} rows, its decisions {part.rows}: the scored "
                             "manifest changed after megactor filter ran; rerun it")
@@ -306,14 +296,15 @@ def _read_source(path: Path, columns: Sequence[str] | None) -> tuple[ScoredPart,
         return pointed
     if "clip_id" not in file.schema_arrow.names:
         raise MegactorError(f"{path} has no clip_id column: not a manifest part")
-    return ScoredPart(path.resolve(), file.metadata.num_rows), _read_part(file, columns)
+    return ScoredPart(path.resolve(), file.metadata.num_rows), _read_part(file, columns, use_threads=False)
 
 
 def _scores_in_order(pool: ThreadPoolExecutor, parts: list[Path], columns: Sequence[str] | None,
                      ) -> Iterator[tuple[ScoredPart, pa.Table]]:
     """Every scored part behind ``parts`` with its ``columns``, in order, read ahead by the pool's threads
-    (a few parts in flight, so memory holds a batch, not the manifest)."""
-    ahead = 2 * pool._max_workers
+    (``READ_AHEAD`` parts in flight: they keep reading while a batch is decided, and memory holds a batch,
+    not the manifest)."""
+    ahead = READ_AHEAD
     pending: deque = deque()
     items = iter(parts)
     for path in items:
@@ -328,7 +319,8 @@ def _scores_in_order(pool: ThreadPoolExecutor, parts: list[Path], columns: Seque
         if isinstance(opened, tuple):
             yield opened
         else:  # a refilter's output: the original scores
-            yield from zip(opened, pool.map(lambda p: _read_scores(p, columns), opened), strict=True)
+            yield from zip(opened, pool.map(lambda p: _read_scores(p, columns, use_threads=False), opened),
+                           strict=True)
 
 
 def _apply_decisions(decisions_path: Path, decisions: pa.Table, scores: pa.Table) -> pa.Table:
