@@ -92,6 +92,7 @@ def detect_cuts(
     min_scene_s: float = 0.5,
     flash_s: float = 0.25,
     timeout_s: float | None = None,
+    hwaccel: str | None = None,
 ) -> SceneResult:
     """Hard cuts of ``path`` in source seconds (the time of the first frame of each new shot).
 
@@ -119,7 +120,8 @@ def detect_cuts(
             (cuts if is_cut else flashes).append(cut)
 
     k, hsv = -1, None
-    for k, (_, rgb) in enumerate(iter_frames(path, probe, fps=rate, max_side=max_side, timeout_s=timeout_s)):
+    for k, (_, rgb) in enumerate(iter_frames(path, probe, fps=rate, max_side=max_side, timeout_s=timeout_s,
+                                             hwaccel=hwaccel)):
         hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
         recent.append(hsv)
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)  # PySceneDetect's channel order

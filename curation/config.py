@@ -98,7 +98,7 @@ class GpuPoolConfig(_Strict):
     on CPU cores (and request no GPU themselves). Scores are the same as in-process (curation.gpu_pool)."""
 
     mode: Literal["auto", "on", "off"] = "auto"  # auto: on when the Ray cluster has GPUs (and device is not cpu)
-    actors_per_gpu: int = Field(2, ge=1, le=16)  # each actor holds both models; 2 overlap one's CPU work
+    actors_per_gpu: int = Field(4, ge=1, le=16)  # each holds both models; its CPU work overlaps the others' GPU work
     size: int | None = Field(None, ge=1)  # actors in all (None: GPUs in the cluster x actors_per_gpu, or 1)
     max_in_flight: int = Field(2, ge=1, le=64)  # model requests one shard keeps in flight (backpressure)
     actor_num_cpus: float = Field(1.0, gt=0)  # for the actor's pre/post-processing (letterbox, NMS, SimCC)

@@ -314,7 +314,8 @@ class ShardProcessor:
         duration = probe.duration_s or 0.0
         try:
             scenes = clips.detect_cuts(path, probe, max_side=self.config.clips.scene_max_side,
-                                       threshold=self.config.clips.scene_threshold)
+                                       threshold=self.config.clips.scene_threshold,
+                                       hwaccel=decode_hwaccel(self.config.runtime.hwaccel))
         except MediaError as error:
             counters["sources_decode_error"] += 1
             return [{**_span_row(base, 0.0, duration, 0, None), "error": str(error), "error_reason": error.reason}]

@@ -96,8 +96,8 @@ def test_auto_turns_the_pool_on_where_the_cluster_has_gpus():
     assert not gpu_pool.pool_wanted(config.with_overrides({"runtime.device": "cpu"}), 8.0)
     assert not gpu_pool.pool_wanted(config.with_overrides({"runtime.gpu_pool.mode": "off"}), 8.0)
     assert gpu_pool.pool_wanted(config.with_overrides({"runtime.gpu_pool.mode": "on"}), 0.0)
-    assert gpu_pool.actor_layout(config, 8.0) == (16, 0.5)  # two actors per GPU, half a GPU each
-    assert gpu_pool.actor_layout(config.with_overrides({"runtime.gpu_pool.actors_per_gpu": 4}), 2.0) == (8, 0.25)
+    assert gpu_pool.actor_layout(config, 8.0) == (32, 0.25)  # four actors per GPU, a quarter each
+    assert gpu_pool.actor_layout(config.with_overrides({"runtime.gpu_pool.actors_per_gpu": 2}), 2.0) == (4, 0.5)
     assert gpu_pool.actor_layout(config, 0.0) == (1, 0.0)
     assert load_config(None, {"runtime.gpu_pool.mode": False}).runtime.gpu_pool.mode == "off"  # YAML's bare off
 
