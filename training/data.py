@@ -30,6 +30,10 @@ modality mix needs audio, so clips without an audio stream (``has_audio`` false)
 ``DataConfig.audioless``: ``"drop"`` (default: excluded at construction and counted in ``excluded``, so the 10/20/70
 mix holds over the clips used) or ``"visual"`` (kept, always drawn as visual-only samples).
 
+Decoding: one ffmpeg process per sample (``curation.crops.decode_crop_spans``) for the segment, the reference
+frame, the driving variant and the audio window, bit-identical to one call per part (``legacy_decode=True``, the
+reference ``tests/training/test_loader_fast.py`` and ``bench/train_loader.py`` compare against).
+
 DataLoader settings (decoding is ffmpeg subprocesses, so parallelism comes from worker processes): ``num_workers``
 about the CPU cores per GPU minus two (e.g. 6-8), ``batch_size`` 1-2 per GPU at 512 x 16 frames,
 ``collate_fn=collate_skip_failed``, ``pin_memory=True``, ``prefetch_factor=2``. Either call ``set_epoch`` before
