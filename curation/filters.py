@@ -78,6 +78,12 @@ RULES: tuple[Rule, ...] = (
 REASONS = tuple(rule.reason for rule in RULES)
 # Everything a decision reads: what ``megactor filter`` loads from the scores (never the face tracks).
 DECISION_INPUTS = tuple(dict.fromkeys(c for rule in RULES for c in rule.inputs)) + ("error", "error_reason")
+
+
+def decision_inputs(thresholds: Thresholds) -> tuple[str, ...]:
+    """The columns a decision under ``thresholds`` reads (the rules that apply, and the error)."""
+    rules = [rule for rule in RULES if rule.applies(thresholds)]
+    return tuple(dict.fromkeys(c for rule in rules for c in rule.inputs)) + ("error", "error_reason")
 STATUSES = ("kept", "rejected", "pending", "error")
 
 

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from curation.config import Thresholds
 from curation.errors import MegactorError
-from curation.filters import DECISION_INPUTS, decide, decide_columns
+from curation.filters import decide, decide_columns, decision_inputs
 from curation.io import part_files, write_parquet_atomic
 from curation.scorers.audio_activity import AudioActivityScorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
@@ -376,11 +376,11 @@ def refilter(source_dir: str | Path, output_dir: str | Path, thresholds: Thresho
     # Written beside the output and swapped in at the end: a reader never sees old and new parts mixed.
     staging = output_dir.with_name(f".{output_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
     result = Refiltered([], [])
-    columns = None if materialize else ["clip_id", *DECISION_INPUTS]
+    columns = None if materialize else ["clip_id", *decision_inputs(thresholds)]
     batch: list[tuple[ScoredPart, pa.Table]] = []
     batched = 0
     # Parts are read by a pool (Parquet decoding frees the GIL), decided here, and written by another thread.
-    readers = ThreadPoolExecutor(workers or min(8, 2 * (os.cpu_count() or 1)))
+    readers = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))
     writer = ThreadPoolExecutor(1)
     writes = []
 
