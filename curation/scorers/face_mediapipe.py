@@ -14,7 +14,7 @@ frontal face. The columns and the per-clip statistics are shared with the DWPose
 
 Speed (version 1.1, ``bench/face_stage_rtf.py``): the decoder runs in one thread without H.264/HEVC deblocking
 (``DECODER_OPTIONS``: every frame is still decoded, so each sampled timestamp gets its own picture), and the
-landmarks are read from MediaPipe's C result as one numpy array instead of 478 Python objects per face: ~16 %
+landmarks are read from MediaPipe's C result as one numpy array instead of 478 Python objects per face: 11-16 %
 less CPU. The landmark model itself (~8 ms a frame, 40 ms per second of video at 5 fps) is the floor. Against
 1.0 (threaded decoder with deblocking), on the shared 512 px clips: ``face_res_px`` within 0.45 px, mean |yaw|
 within 0.04 deg, presence and multi-face fractions unchanged; the tolerance the tests hold it to is 1 % / 0.5 deg
