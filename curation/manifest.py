@@ -11,6 +11,7 @@ they re-decide; ``read_manifest`` joins them back, so every reader sees the new 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -261,22 +262,30 @@ def scores_dir(manifest_dir: str | Path) -> Path:
     return pointed[0].path.parent if pointed else Path(manifest_dir).resolve()
 
 
-def _read_part(file: pq.ParquetFile, columns: Sequence[str] | None, *, use_threads: bool = True) -> pa.Table:
+def _read_part(file: pq.ParquetFile, columns: Sequence[str] | None, *, use_threads: bool = True,
+               present: set[str] | None = None) -> pa.Table:
     """A part's ``columns`` (all: None) with the schema's types, a column the file lacks as nulls.
     ``refilter`` reads many parts in parallel, each in one thread (``use_threads=False``): Arrow's own threads
     only add contention on parts of a few hundred rows."""
-    present = set(file.schema_arrow.names)
-    wanted = SCHEMA.names if columns is None else list(columns)
+    wanted = tuple(SCHEMA.names if columns is None else columns)
+    target = _schema_of(wanted)
+    present = present or set(file.schema_arrow.names)  # the file's columns (a schema conversion: once a part)
     table = file.read(columns=[c for c in wanted if c in present], use_threads=use_threads)
+    if table.schema.equals(target, check_metadata=False):
+        return pa.Table.from_arrays(table.columns, schema=target)
     arrays = []
-    for name in wanted:
-        target = SCHEMA.field(name)
-        if name not in present:
-            arrays.append(pa.nulls(table.num_rows, target.type))
+    for spec in target:
+        if spec.name not in table.column_names:
+            arrays.append(pa.nulls(table.num_rows, spec.type))
             continue
-        column = table.column(name)
-        arrays.append(column if column.type == target.type else column.cast(target.type))
-    return pa.Table.from_arrays(arrays, schema=pa.schema([SCHEMA.field(n) for n in wanted], SCHEMA.metadata))
+        column = table.column(spec.name)
+        arrays.append(column if column.type == spec.type else column.cast(spec.type))
+    return pa.Table.from_arrays(arrays, schema=target)
+
+
+@functools.lru_cache(maxsize=64)
+def _schema_of(columns: tuple[str, ...]) -> pa.Schema:
+    return pa.schema([SCHEMA.field(name) for name in columns], SCHEMA.metadata)
 
 
 def _read_scores(part: ScoredPart, columns: Sequence[str] | None, *, use_threads: bool = True) -> pa.Table:
@@ -294,9 +303,11 @@ def _read_source(path: Path, columns: Sequence[str] | None) -> tuple[ScoredPart,
     pointed = _pointer(path, file.metadata)
     if pointed is not None:
         return pointed
-    if "clip_id" not in file.schema_arrow.names:
+    present = set(file.schema_arrow.names)
+    if "clip_id" not in present:
         raise MegactorError(f"{path} has no clip_id column: not a manifest part")
-    return ScoredPart(path.resolve(), file.metadata.num_rows), _read_part(file, columns, use_threads=False)
+    return ScoredPart(path.resolve(), file.metadata.num_rows), _read_part(file, columns, use_threads=False,
+                                                                           present=present)
 
 
 def _scores_in_order(pool: ThreadPoolExecutor, parts: list[Path], columns: Sequence[str] | None,
