@@ -189,6 +189,19 @@ def test_read_manifest_and_the_report_see_the_new_decisions(scored_run, refilter
     assert record["status"] == dict(pd.Series(expected["status"]).value_counts())
 
 
+def test_augment_and_the_splits_select_by_the_new_decisions(scored_run, refiltered):
+    from curation.augment.pipeline import kept_clips, manifest_dir
+    from curation.splits import split_manifest
+
+    thresholds = Thresholds(face_res_px_min=150, require_lip_sync=False, speech_frac_min=0.5)
+    scores = read_manifest(scored_run / "manifest")
+    kept = sorted(c for c, keep in zip(scores.column("clip_id").to_pylist(),
+                                       _expected(scores.to_pylist(), thresholds)["keep"], strict=True) if keep)
+    assert kept and len(kept) < scores.num_rows
+    assert kept_clips(manifest_dir(refiltered)).column("clip_id").to_pylist() == kept
+    assert sorted(split_manifest(refiltered / "manifest")[0].column("clip_id").to_pylist()) == kept
+
+
 def test_the_documented_pandas_and_duckdb_joins_equal_read_manifest(refiltered):
     ours = read_manifest(refiltered / "manifest").to_pandas().set_index("clip_id").sort_index()
     # docs/curation.md, "Re-thresholding"
