@@ -147,9 +147,9 @@ def _column(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     return values.to_numpy(zero_copy_only=False), valid
 
 
-def _lists(hits: list[np.ndarray], pool: pa.Array, n: int, own: np.ndarray | None = None) -> pa.ListArray:
-    """One list per row: ``pool[j]`` for each ``hits[j]`` set on the row, in ``j`` order. With ``own``, a last
-    ``hits`` column picks the row's own entry ``pool[len(hits) - 1 + row]`` instead (the error reason)."""
+def _lists(hits: list[np.ndarray], pool: pa.Array, n: int, *, last_is_own: bool = False) -> pa.ListArray:
+    """One list per row: ``pool[j]`` for each ``hits[j]`` set on the row, in ``j`` order. With ``last_is_own``,
+    the last of ``hits`` picks the row's own entry ``pool[len(hits) - 1 + row]`` (its error reason)."""
     counts = np.zeros(n, dtype=np.int32)
     for hit in hits:
         counts += hit
@@ -159,7 +159,7 @@ def _lists(hits: list[np.ndarray], pool: pa.Array, n: int, own: np.ndarray | Non
     indices = np.empty(int(offsets[-1]), dtype=np.int64)
     for j, hit in enumerate(hits):
         rows = np.flatnonzero(hit)
-        indices[cursor[rows]] = j + rows if own is not None and j == len(hits) - 1 else j
+        indices[cursor[rows]] = j + rows if last_is_own and j == len(hits) - 1 else j
         cursor[rows] += 1
     return pa.ListArray.from_arrays(pa.array(offsets), pool.take(pa.array(indices)))
 
@@ -187,7 +187,7 @@ def decide_columns(table: pa.Table, thresholds: Thresholds) -> dict[str, pa.Arra
     return {
         "keep": pa.array(codes == 0),
         "status": pa.array(STATUSES, pa.string()).take(pa.array(codes)),
-        "reject_reasons": _lists([*failed, error], reason_pool, table.num_rows, own=error),
+        "reject_reasons": _lists([*failed, error], reason_pool, table.num_rows, last_is_own=True),
         "unscored_rules": _lists(unscored, pa.array([rule.name for rule in rules], pa.string()), table.num_rows),
     }
 
