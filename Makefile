@@ -55,7 +55,7 @@ demo: install
 	$(PY) -m flows.demo --output $(OUT) $(if $(INPUT),--input $(INPUT))
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: install
 	$(VENV)/bin/ruff check .
