@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -160,25 +159,10 @@ def dwpose_figures(clip: Path) -> dict[str, Any]:
 # -- SyncNet ------------------------------------------------------------------------------------------------------
 
 def _reference_on(device: str, clip: Path, model: Path, tmp: Path) -> float:
-    """The reference demo's steps (ffmpeg to JPEG frames and a wav, then ``SyncNetInstance.evaluate``) on
-    ``device``: seconds."""
-    from types import SimpleNamespace
+    """The reference demo's steps (bench/syncnet_vs_reference.py's) on ``device``: seconds."""
+    from syncnet_vs_reference import _reference
 
-    from tests.metrics import reference_syncnet
-
-    folder = tmp / f"ref-{device}-{time.perf_counter_ns()}"
-    folder.mkdir()
-    started = time.perf_counter()
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(clip), "-threads", "1", "-f", "image2",
-                    str(folder / "%06d.jpg")], check=True)
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(clip), "-async", "1", "-ac", "1", "-vn", "-acodec",
-                    "pcm_s16le", "-ar", "16000", str(folder / "audio.wav")], check=True)
-    directory = reference_syncnet.package_dir()
-    model_module = reference_syncnet._load(directory, "SyncNetModel")
-    instance = reference_syncnet._load(directory, "SyncNetInstance").SyncNetInstance(model_module.S(), device=device)
-    instance.loadParameters(str(model))
-    instance.evaluate(SimpleNamespace(tmp_dir=str(folder), batch_size=20, vshift=15))
-    return time.perf_counter() - started
+    return _reference(clip, model, tmp, device=device)[0]
 
 
 def syncnet_figures(clip: Path, tmp: Path) -> dict[str, Any]:

@@ -43,7 +43,9 @@ def _weights(path: str | None, clip: Path, tmp: Path) -> tuple[Path, str]:
     return reference_syncnet.random_weights(clip, tmp / "random.model"), "random, BatchNorm measured on the clip"
 
 
-def _reference(clip: Path, model: Path, tmp: Path) -> tuple[float, float, tuple]:
+def _reference(clip: Path, model: Path, tmp: Path, device: str = "cpu") -> tuple[float, float, tuple]:
+    """The reference demo's steps on ``device``: ffmpeg to JPEG frames and a wav, then
+    ``SyncNetInstance.evaluate``. ``(total s, evaluation s, scores)``."""
     folder = tmp / f"ref-{time.perf_counter_ns()}"
     folder.mkdir()
     started = time.perf_counter()
@@ -53,7 +55,7 @@ def _reference(clip: Path, model: Path, tmp: Path) -> tuple[float, float, tuple]
     subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(clip), "-async", "1", "-ac", "1", "-vn", "-acodec",
                     "pcm_s16le", "-ar", "16000", str(folder / "audio.wav")], check=True)
     extracted = time.perf_counter()
-    scores = reference_syncnet.evaluate(model, folder)
+    scores = reference_syncnet.evaluate(model, folder, device=device)
     return time.perf_counter() - started, time.perf_counter() - extracted, scores
 
 

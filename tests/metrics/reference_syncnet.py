@@ -37,12 +37,13 @@ def extract_like_reference(video: Path, folder: Path) -> None:
                     "-ar", "16000", str(folder / "audio.wav")], check=True)
 
 
-def evaluate(weights: Path, folder: Path, batch_size: int = 20, vshift: int = 15) -> tuple[int, float, float]:
-    """``(offset, sync_c, sync_d)`` from the reference's ``SyncNetInstance.evaluate`` on CPU."""
+def evaluate(weights: Path, folder: Path, batch_size: int = 20, vshift: int = 15,
+             device: str = "cpu") -> tuple[int, float, float]:
+    """``(offset, sync_c, sync_d)`` from the reference's ``SyncNetInstance.evaluate`` on ``device``."""
     directory = package_dir()
     model = _load(directory, "SyncNetModel")
     instance_module = _load(directory, "SyncNetInstance")
-    instance = instance_module.SyncNetInstance(model.S(), device="cpu")
+    instance = instance_module.SyncNetInstance(model.S(), device=device)
     instance.loadParameters(str(weights))
     offset, conf, dist = instance.evaluate(SimpleNamespace(tmp_dir=str(folder), batch_size=batch_size, vshift=vshift))
     return int(offset), float(conf), float(dist)
