@@ -14,7 +14,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from curation import media
+from curation import decode_av, media
 from curation.errors import DecodeError
 
 # Spans of one file closer than this share one decode pass (ffmpeg decodes from the keyframe before the first;
@@ -97,11 +97,18 @@ class CropSpan:
 
 def decode_crop_spans(spans: list[CropSpan] | tuple[CropSpan, ...], resolution: int, *,
                       audio: media.AudioSpan | None = None,
-                      merge_gap_s: float | None = None) -> tuple[list[np.ndarray], np.ndarray | None]:
+                      merge_gap_s: float | None = None,
+                      decoder: str = "ffmpeg") -> tuple[list[np.ndarray], np.ndarray | None]:
     """What ``decode_crops`` returns for each span (bit-identical), and the ``audio`` window as
     ``media.decode_audio`` returns it, from ONE ffmpeg process (``media.decode_spans``): a training sample's
     segment, reference frame, driving variant and audio cost one process start instead of four. Spans of one
-    file less than ``merge_gap_s`` (default ``MERGE_GAP_S``) apart are one decode pass."""
+    file less than ``merge_gap_s`` (default ``MERGE_GAP_S``) apart are one decode pass.
+
+    ``decoder="pyav"``: the same frames decoded in this process (``curation.decode_av``: no process start, the
+    containers kept open, non-reference pictures before the spans skipped); the same pixels, the audio within one
+    16-bit step (``tests/training/test_loader_pyav.py``). Calls with a rotated video use the ffmpeg path."""
+    if decoder not in ("ffmpeg", "pyav"):
+        raise ValueError(f"decoder must be 'ffmpeg' or 'pyav', got {decoder!r}")
     merge_gap_s = MERGE_GAP_S if merge_gap_s is None else merge_gap_s
     order = sorted(range(len(spans)), key=lambda k: (str(spans[k].path), spans[k].start_s))
     groups: list[list[int]] = []
@@ -117,7 +124,12 @@ def decode_crop_spans(spans: list[CropSpan] | tuple[CropSpan, ...], resolution: 
                                                     _decode_side(spans[k].probe, spans[k].crop, resolution))
                                     for k in g))
               for g in groups]
-    decoded, samples = media.decode_spans(inputs, audio)
+    if decoder == "pyav" and decode_av.available() and all(decode_av.supports(item.probe) for item in inputs):
+        decoded = [decode_av.decode_spans(item.path, item.probe, item.spans) for item in inputs]
+        samples = None if audio is None else decode_av.decode_audio(
+            audio.path, start_s=audio.start_s, duration_s=audio.duration_s, sample_rate=audio.sample_rate)
+    else:
+        decoded, samples = media.decode_spans(inputs, audio)
     out: list[np.ndarray] = [np.empty(0)] * len(spans)
     for group, frames_per_span in zip(groups, decoded, strict=True):
         for k, frames in zip(group, frames_per_span, strict=True):

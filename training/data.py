@@ -32,7 +32,10 @@ mix holds over the clips used) or ``"visual"`` (kept, always drawn as visual-onl
 
 Decoding: one ffmpeg process per sample (``curation.crops.decode_crop_spans``) for the segment, the reference
 frame, the driving variant and the audio window, bit-identical to one call per part (``legacy_decode=True``, the
-reference ``tests/training/test_loader_fast.py`` and ``bench/train_loader.py`` compare against).
+reference ``tests/training/test_loader_fast.py`` and ``bench/train_loader.py`` compare against). ``decoder:
+pyav`` decodes the same spans in the process instead (``curation.decode_av``: no process start, containers and
+decoders kept open per thread, non-reference pictures no span can show skipped): the same pixels, the audio
+equal but within the first audio frame after the window's start (``tests/training/test_loader_pyav.py``).
 
 DataLoader settings (decoding is ffmpeg subprocesses, so parallelism comes from worker processes): ``num_workers``
 about the CPU cores per GPU minus two (e.g. 6-8), ``batch_size`` 1-2 per GPU at 512 x 16 frames,
@@ -121,6 +124,10 @@ class DataConfig:
     holdout_seed: int = 0
     seed: int = 0
     only_kept: bool = True  # rows with keep == True only
+    # how a sample's frames and audio are decoded: "ffmpeg" (one ffmpeg process per sample) or "pyav" (in this
+    # process through PyAV, the train extra's `av`: no process start, containers kept open per worker; the same
+    # pixels, audio within one 16-bit step; falls back to ffmpeg without `av` and for rotated videos)
+    decoder: str = "ffmpeg"
 
     def __post_init__(self) -> None:
         if self.num_frames < 1 or self.frame_stride < 1 or self.resolution < 8:
@@ -129,6 +136,8 @@ class DataConfig:
         if self.fps <= 0 or self.crop_scale <= 0 or self.mask_dilation < 0 or self.audio_context_s < 0:
             raise ConfigError(f"data: fps, crop_scale must be > 0, mask_dilation, audio_context_s >= 0; got "
                               f"{self.fps}, {self.crop_scale}, {self.mask_dilation}, {self.audio_context_s}")
+        if self.decoder not in ("ffmpeg", "pyav"):
+            raise ConfigError(f"data.decoder must be 'ffmpeg' or 'pyav', got {self.decoder!r}")
         if self.audioless not in ("drop", "visual"):
             raise ConfigError(f"data.audioless must be 'drop' or 'visual', got {self.audioless!r}")
         self.driving_mix = _weights("driving_mix", self.driving_mix, DRIVING_SOURCES)
@@ -411,11 +420,12 @@ class ManifestDataset(Dataset):
             except MediaError as error:
                 source = self._variant_failed(plan, source, error)
         try:
-            crops, samples = decode_crop_spans(spans, cfg.resolution, audio=audio_span)
+            crops, samples = decode_crop_spans(spans, cfg.resolution, audio=audio_span, decoder=cfg.decoder)
         except MediaError as error:
             if len(spans) == 2:
                 raise
-            crops, samples = decode_crop_spans(spans[:2], cfg.resolution, audio=audio_span)  # the variant's fault
+            crops, samples = decode_crop_spans(spans[:2], cfg.resolution, audio=audio_span,  # the variant's fault
+                                              decoder=cfg.decoder)
             source = self._variant_failed(plan, source, error)
         frames, reference = crops[0], crops[1][0]
         driving = crops[2] if source != "real" else frames
