@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from curation.augment.config import AugmentConfig
@@ -20,6 +21,7 @@ from curation.augment.variants import (
     read_variants,
 )
 from curation.io import write_json_atomic, write_text_atomic
+from curation.manifest import scores_dir
 from curation.summary import markdown_cell
 
 
@@ -70,6 +72,17 @@ def write_summary(layout: AugmentLayout, summary: dict[str, Any]) -> None:
     write_json_atomic(summary, layout.root / "summary.json")
 
 
+def _clips_recipe(source_manifest: str) -> list[str]:
+    """The card's pandas lines that load the source clips: a ``megactor filter`` output holds only decisions,
+    joined onto the scores it points at."""
+    scores = scores_dir(source_manifest)
+    if scores == Path(source_manifest).resolve():
+        return [f'clips = pd.read_parquet("{source_manifest}")']
+    return [f'decisions = pd.read_parquet("{source_manifest}")  # a `megactor filter` output: decisions only',
+            f'clips = pd.read_parquet("{scores}").drop(columns=["keep", "status", "reject_reasons", '
+            '"unscored_rules"]).merge(decisions, on="clip_id")']
+
+
 def card(summary: dict[str, Any]) -> str:
     prov = summary["provenance"]
     lines = [
@@ -84,7 +97,7 @@ def card(summary: dict[str, Any]) -> str:
         "import pandas as pd",
         'variants = pd.read_parquet("variants")            # this directory\'s variants/ folder',
         'usable = variants[variants["usable"]]              # status == "ok"',
-        f'clips = pd.read_parquet("{summary["source_manifest"]}")',
+        *_clips_recipe(summary["source_manifest"]),
         'train = clips[clips["keep"]].merge(usable, on="clip_id", suffixes=("", "_variant"))',
         "```",
         "",

@@ -202,6 +202,21 @@ def test_augment_and_the_splits_select_by_the_new_decisions(scored_run, refilter
     assert sorted(split_manifest(refiltered / "manifest")[0].column("clip_id").to_pylist()) == kept
 
 
+def test_the_augment_cards_recipe_joins_a_refiltered_manifest(scored_run, refiltered):
+    from curation.augment.summary import _clips_recipe
+
+    namespace = {"pd": pd}
+    for manifest, refiltered_source in ((scored_run / "manifest", False), (refiltered / "manifest", True)):
+        lines = _clips_recipe(str(manifest))
+        assert ("decisions" in lines[0]) == refiltered_source
+        exec("\n".join(lines), namespace)  # the card's own lines
+        ours = read_manifest(manifest).to_pandas().set_index("clip_id").sort_index()
+        clips = namespace["clips"].set_index("clip_id").sort_index()
+        assert list(clips.index) == list(ours.index)
+        assert clips["keep"].tolist() == ours["keep"].tolist()
+        assert clips["status"].tolist() == ours["status"].tolist()
+
+
 def test_the_documented_pandas_and_duckdb_joins_equal_read_manifest(refiltered):
     ours = read_manifest(refiltered / "manifest").to_pandas().set_index("clip_id").sort_index()
     # docs/curation.md, "Re-thresholding"
