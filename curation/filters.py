@@ -39,6 +39,12 @@ class Rule:
     # test(*values, thresholds) -> passed, for a row's values or NumPy columns (float64 or bool) alike
     test: Callable[..., Any]
     applies: Callable[[Thresholds], bool] = _always
+    # A threshold rule passes when ``compare(value, limit)`` (what the report sweeps): ``value`` names the
+    # compared quantity (its one input, or a derived one: frame_size's ``frame_min_side``), ``limit`` a
+    # Thresholds field or a constant. A flag rule (one boolean input, True passes) has neither.
+    compare: Callable[[Any, Any], Any] | None = None
+    limit: str | float | None = None
+    value: str | None = None
 
     def check(self, row: dict[str, Any], t: Thresholds) -> Verdict:
         values = [row.get(column) for column in self.inputs]
@@ -46,34 +52,47 @@ class Rule:
             return None
         return bool(self.test(*values, t))
 
+    def bound(self, t: Thresholds) -> float:
+        """The threshold rule's limit under ``t``."""
+        return float(getattr(t, self.limit)) if isinstance(self.limit, str) else float(self.limit)
 
-def _compare(op: Callable[[Any, Any], Any], limit: str) -> Callable[..., Any]:
-    """``op(value, thresholds.<limit>)``."""
-    return lambda value, t: op(value, getattr(t, limit))
+
+def _flag(name: str, reason: str, column: str, applies: Callable[[Thresholds], bool] = _always) -> Rule:
+    return Rule(name, reason, True, (column,), lambda has, t: has, applies)
+
+
+def _threshold(name: str, reason: str, metadata_only: bool, column: str, compare: Callable[[Any, Any], Any],
+               limit: str | float, applies: Callable[[Thresholds], bool] = _always) -> Rule:
+    """A rule passing when ``compare(row[column], limit)``."""
+    rule = Rule(name, reason, metadata_only, (column,), lambda value, t: compare(value, rule.bound(t)), applies,
+                compare, limit, column)
+    return rule
 
 
 def _needs_audio(t: Thresholds) -> bool:
     return t.require_lip_sync or t.speech_frac_min > 0
 
 
+def _lip_sync(t: Thresholds) -> bool:
+    return t.require_lip_sync
+
+
 RULES: tuple[Rule, ...] = (
-    Rule("video_stream", "no_video_stream", True, ("has_video",), lambda has, t: has),
+    _flag("video_stream", "no_video_stream", "has_video"),
     Rule("frame_size", "frame_too_small", True, ("width", "height"),
-         lambda w, h, t: np.minimum(w, h) >= t.face_res_px_min),
-    Rule("audio_stream", "no_audio_stream", True, ("has_audio",), lambda has, t: has, _needs_audio),
-    Rule("clip_length", "clip_too_short", True, ("duration_s",), _compare(ge, "clip_s_min")),
-    Rule("face_found", "no_face", False, ("face_present_frac",), lambda frac, t: frac > 0),
-    Rule("face_presence", "face_missing_in_frames", False, ("face_present_frac",),
-         _compare(ge, "face_present_frac_min")),
-    Rule("single_face", "multiple_faces", False, ("multi_face_frac",), _compare(le, "multi_face_frac_max")),
-    Rule("face_resolution", "face_too_small", False, ("face_res_px",), _compare(ge, "face_res_px_min")),
-    Rule("head_yaw", "yaw_too_large", False, ("yaw_abs_mean_deg",), _compare(le, "yaw_abs_mean_deg_max")),
-    Rule("speech", "no_speech", False, ("audio_speech_frac",), _compare(ge, "speech_frac_min"),
-         lambda t: t.speech_frac_min > 0),
-    Rule("sync_confidence", "sync_conf_too_low", False, ("sync_c",), _compare(gt, "sync_c_min"),
-         lambda t: t.require_lip_sync),
-    Rule("sync_distance", "sync_dist_too_high", False, ("sync_d",), _compare(lt, "sync_d_max"),
-         lambda t: t.require_lip_sync),
+         lambda w, h, t: np.minimum(w, h) >= t.face_res_px_min,
+         compare=ge, limit="face_res_px_min", value="frame_min_side"),  # a face cannot outgrow its frame
+    _flag("audio_stream", "no_audio_stream", "has_audio", _needs_audio),
+    _threshold("clip_length", "clip_too_short", True, "duration_s", ge, "clip_s_min"),
+    _threshold("face_found", "no_face", False, "face_present_frac", gt, 0.0),
+    _threshold("face_presence", "face_missing_in_frames", False, "face_present_frac", ge, "face_present_frac_min"),
+    _threshold("single_face", "multiple_faces", False, "multi_face_frac", le, "multi_face_frac_max"),
+    _threshold("face_resolution", "face_too_small", False, "face_res_px", ge, "face_res_px_min"),
+    _threshold("head_yaw", "yaw_too_large", False, "yaw_abs_mean_deg", le, "yaw_abs_mean_deg_max"),
+    _threshold("speech", "no_speech", False, "audio_speech_frac", ge, "speech_frac_min",
+               lambda t: t.speech_frac_min > 0),
+    _threshold("sync_confidence", "sync_conf_too_low", False, "sync_c", gt, "sync_c_min", _lip_sync),
+    _threshold("sync_distance", "sync_dist_too_high", False, "sync_d", lt, "sync_d_max", _lip_sync),
 )
 REASONS = tuple(rule.reason for rule in RULES)
 # Everything a decision reads: what ``megactor filter`` loads from the scores (never the face tracks).

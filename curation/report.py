@@ -12,6 +12,7 @@ import html
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import ge, gt, le
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +39,11 @@ STAGE_OF_RULE = {rule.name: "metadata gate" for rule in RULES if rule.metadata_o
     "speech": "audio activity", "sync_confidence": "lip sync", "sync_distance": "lip sync",
 } | {name: "face" for name in ("face_found", "face_presence", "single_face", "face_resolution", "head_yaw")}
 
-# Vectorised forms of curation.filters.RULES: (value compared, comparison, threshold name or a constant).
-# frame_size and face_resolution share face_res_px_min (a face cannot be larger than its frame).
-Comparison = tuple[str, Callable[[np.ndarray, float], np.ndarray], str | float]
-COMPARISONS: dict[str, Comparison] = {
-    "frame_size": ("frame_min_side", np.greater_equal, "face_res_px_min"),
-    "clip_length": ("duration_s", np.greater_equal, "clip_s_min"),
-    "face_found": ("face_present_frac", np.greater, 0.0),
-    "face_presence": ("face_present_frac", np.greater_equal, "face_present_frac_min"),
-    "single_face": ("multi_face_frac", np.less_equal, "multi_face_frac_max"),
-    "face_resolution": ("face_res_px", np.greater_equal, "face_res_px_min"),
-    "head_yaw": ("yaw_abs_mean_deg", np.less_equal, "yaw_abs_mean_deg_max"),
-    "speech": ("audio_speech_frac", np.greater_equal, "speech_frac_min"),
-    "sync_confidence": ("sync_c", np.greater, "sync_c_min"),
-    "sync_distance": ("sync_d", np.less, "sync_d_max"),
-}
-FLAGS = {"video_stream": "has_video", "audio_stream": "has_audio"}  # rules that read a boolean probe column
+# The threshold rules as (compared column, comparison, threshold name or constant), from curation.filters.RULES
+# (frame_size compares frame_min_side, which frame_from_table derives); the others are boolean flags.
+Comparison = tuple[str, Callable[[Any, Any], Any], str | float]
+COMPARISONS: dict[str, Comparison] = {r.name: (r.value, r.compare, r.limit) for r in RULES if r.compare}
+FLAGS = {r.name: r.inputs[0] for r in RULES if r.compare is None}
 
 # The measures the page shows as histograms, per-dataset means and kept-versus-threshold curves.
 MEASURES = (
@@ -167,26 +157,17 @@ def applicable_rules(thresholds: Thresholds) -> list[Rule]:
     return [rule for rule in RULES if rule.applies(thresholds)]
 
 
-def limit(comparison: Comparison, thresholds: Thresholds) -> float:
-    threshold = comparison[2]
-    return float(getattr(thresholds, threshold)) if isinstance(threshold, str) else threshold
-
-
 def verdicts(frame: pd.DataFrame, thresholds: Thresholds) -> Verdicts:
     ok: dict[str, np.ndarray] = {}
     failed: dict[str, np.ndarray] = {}
     for rule in applicable_rules(thresholds):
-        if rule.name not in FLAGS and rule.name not in COMPARISONS:
-            raise KeyError(f"curation.report has no vectorised form of filter rule {rule.name!r}: add it to "
-                           "COMPARISONS or FLAGS (and to STAGE_OF_RULE)")
-        if rule.name in FLAGS:
+        if rule.compare is None:
             flag = frame[FLAGS[rule.name]]
             scored, passed = flag.notna().to_numpy(), flag.fillna(False).to_numpy(dtype=bool)
         else:
-            column, compare, _ = COMPARISONS[rule.name]
-            values = frame[column].to_numpy()
+            values = frame[rule.value].to_numpy()
             scored = ~np.isnan(values)
-            passed = compare(values, limit(COMPARISONS[rule.name], thresholds))
+            passed = rule.compare(values, rule.bound(thresholds))
         ok[rule.name], failed[rule.name] = scored & passed, scored & ~passed
     error = frame["error"].fillna("").astype(str).str.len().to_numpy() > 0
     return Verdicts(ok, failed, error)
@@ -298,10 +279,10 @@ def _hours_passing(values: np.ndarray, hours: np.ndarray, compare, grid: np.ndar
     order = np.argsort(values[scored], kind="stable")
     ordered = values[scored][order]
     cumulative = np.concatenate([[0.0], np.cumsum(hours[scored][order])])
-    if compare in (np.greater_equal, np.greater):
-        side = "left" if compare is np.greater_equal else "right"
+    if compare in (ge, gt):
+        side = "left" if compare is ge else "right"
         return cumulative[-1] - cumulative[np.searchsorted(ordered, grid, side=side)]
-    return cumulative[np.searchsorted(ordered, grid, side="right" if compare is np.less_equal else "left")]
+    return cumulative[np.searchsorted(ordered, grid, side="right" if compare is le else "left")]
 
 
 def sweep_grid(frame: pd.DataFrame, threshold: str, at: float, points: int = 200) -> np.ndarray:
