@@ -186,11 +186,13 @@ def box_masks(track: list[dict[str, Any]], key: str, times: np.ndarray, crop: tu
     left, top, side = crop
     scale = resolution / side
     masks = np.zeros((len(times), resolution, resolution), dtype=np.float32)
-    for mask, (x0, y0, x1, y1) in zip(masks, interpolate_boxes(track, key, times), strict=True):
-        dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
-        c0 = int(np.clip(np.floor((x0 - dx - left) * scale), 0, resolution))
-        c1 = int(np.clip(np.ceil((x1 + dx - left) * scale), 0, resolution))
-        r0 = int(np.clip(np.floor((y0 - dy - top) * scale), 0, resolution))
-        r1 = int(np.clip(np.ceil((y1 + dy - top) * scale), 0, resolution))
+    x0, y0, x1, y1 = interpolate_boxes(track, key, times).T  # the bounds of all frames at once, same float64 ops
+    dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
+    bounds = np.clip(np.stack([np.floor((y0 - dy - top) * scale), np.ceil((y1 + dy - top) * scale),
+                               np.floor((x0 - dx - left) * scale), np.ceil((x1 + dx - left) * scale)], axis=1),
+                     0, resolution)
+    if np.isnan(bounds).any():  # as int() of a NaN bound did, one frame at a time
+        raise ValueError("cannot convert float NaN to integer")
+    for mask, (r0, r1, c0, c1) in zip(masks, bounds.astype(np.int64).tolist(), strict=True):
         mask[r0:r1, c0:c1] = 1.0
     return masks
