@@ -1,5 +1,6 @@
 """Re-thresholding at corpus scale: ``megactor filter`` (``curation.manifest.refilter``: reads the rules'
-columns only, decides column-wise, writes decisions parts beside the untouched scores) on a 3-million-clip
+columns only, from a one-file cache of them after the first time, decides column-wise, writes decisions parts
+beside the untouched scores) on a 3-million-clip
 manifest, against the row-by-row refilter it replaced (``to_pylist`` + ``decide`` per row + every column
 rewritten; run on a subsample and extrapolated linearly) and against DuckDB rewriting the table with the new
 decisions (the rules as SQL).
@@ -272,6 +273,9 @@ def main() -> int:
     manifest = build_manifest(cache / f"scores-{args.rows}-{args.part_rows}", args.rows, args.part_rows)
     built_s = time.perf_counter() - started
     work = cache / "work"
+    # the first filter of a manifest reads every part and writes the rule-inputs cache; later ones read the cache
+    shutil.rmtree(manifest.parent / ".megactor-cache", ignore_errors=True)
+    first = run_measure("new", manifest, work / "first" / "manifest")
     new = run_measure("new", manifest, work / "new" / "manifest")
     cli_s = run_cli(manifest, work / "cli")
     old_source = subsample(manifest, work / "old-input", args.old_rows)
@@ -286,11 +290,15 @@ def main() -> int:
         "manifest": {"rows": new["rows"], "parts": len(list(manifest.glob("*.parquet"))),
                      "size_mb": _size_mb(manifest), "built_or_reused_s": round(built_s, 1)},
         "thresholds": NEW,
-        "new_refilter": {**new, "decisions_mb": _size_mb(work / "new"), "megactor_filter_cli_s": cli_s},
+        "first_refilter_of_the_manifest": {**first, "note": "reads every part, writes the rule-inputs cache"},
+        "new_refilter": {**new, "decisions_mb": _size_mb(work / "new"), "megactor_filter_cli_s": cli_s,
+                         "note": "re-thresholding: the rule inputs from the cache"},
         "row_by_row_refilter": {**old, "extrapolated_s": round(old_full_s, 1)},
         "duckdb_rewrite": {**duck, "extrapolated_s": round(duck_full_s, 1), "output_mb": _size_mb(work / "duckdb")},
         "speedup_vs_row_by_row": round(old_full_s / new["seconds"], 1),
         "speedup_vs_duckdb": round(duck_full_s / new["seconds"], 1),
+        "first_refilter_speedup_vs_row_by_row": round(old_full_s / first["seconds"], 1),
+        "first_refilter_speedup_vs_duckdb": round(duck_full_s / first["seconds"], 1),
         "cpu_ratio_vs_row_by_row": round(old["cpu_s"] * new["rows"] / old["rows"] / new["cpu_s"], 1),
         "cpu_ratio_vs_duckdb": round(duck["cpu_s"] * new["rows"] / duck["rows"] / new["cpu_s"], 1),
         "machine": {"cpus": os.cpu_count(), "load_average_1min_at_end": round(load, 1)},

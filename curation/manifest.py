@@ -12,7 +12,9 @@ they re-decide; ``read_manifest`` joins them back, so every reader sees the new 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -29,11 +31,13 @@ import pyarrow.parquet as pq
 
 from curation.config import Thresholds
 from curation.errors import MegactorError
-from curation.filters import decide, decide_columns, decision_inputs
+from curation.filters import DECISION_INPUTS, decide, decide_columns, decision_inputs
 from curation.io import part_files, write_parquet_atomic
 from curation.scorers.audio_activity import AudioActivityScorer
 from curation.scorers.face_mediapipe import MediaPipeFaceScorer
 from curation.scorers.sync_syncnet import SyncNetScorer
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.2"  # 1.1: sync_windows, sync_frame_conf, cascade_stop; 1.2: driving_* variant paths
 # Fixed namespace so clip ids are reproducible across machines and runs.
@@ -205,6 +209,12 @@ DECISIONS_KEY = b"megactor.decisions"  # file metadata of a decisions part: JSON
 DECISIONS_VERSION = "1"
 DECISIONS_BATCH_ROWS = 500_000  # rows per decisions part (consecutive scored parts, never split)
 READ_AHEAD = 64  # parts
+# Every scored part's rule inputs in one file, written by the first ``megactor filter`` of a manifest and reused
+# while the parts are unchanged (same paths, sizes, mtimes), so a re-threshold reads one file instead of opening
+# thousands of parts. It lives outside the manifest directory (RUN/.megactor-cache/manifest/...): a glob over
+# the manifest's files (duckdb's includes hidden ones) must never see it.
+INPUTS_CACHE = "decision-inputs.parquet"
+INPUTS_CACHE_KEY = b"megactor.decision_inputs"
 # clip ids are unique: a dictionary would be tried and dropped for them, page after page
 WRITE_OPTIONS = {"use_dictionary": ["status", "reject_reasons", "unscored_rules", "keep"]}
 
@@ -372,6 +382,96 @@ def read_manifest(manifest_dir: str | Path, columns: Sequence[str] | None = None
     return pa.concat_tables(tables)
 
 
+def _scored_parts(parts: list[Path]) -> list[Path]:
+    """The scored part files behind a manifest directory's parts (a refilter's output: those it points at)."""
+    if _pointer(parts[0], _open(parts[0]).metadata) is None:  # a directory holds scores or decisions, not both
+        return parts
+    return [scored.path for part in parts for scored in _pointer(part, _open(part).metadata) or []]
+
+
+def _cache_path(scores_dir: Path) -> Path:
+    scores_dir = scores_dir.resolve()
+    return scores_dir.parent / ".megactor-cache" / scores_dir.name / INPUTS_CACHE
+
+
+def _stamp(parts: list[Path]) -> list[list[Any]]:
+    stamps = []
+    for part in parts:
+        stat = part.stat()
+        stamps.append([str(part.resolve()), stat.st_size, stat.st_mtime_ns])
+    return stamps
+
+
+def _cached_inputs(parts: list[Path], columns: list[str]) -> Iterator[tuple[ScoredPart, pa.Table]] | None:
+    """The scored parts' ``columns`` from the inputs cache beside them, part by part; None when there is no
+    cache, it lacks a column, or any part changed since it was written."""
+    cache = _cache_path(parts[0].parent)
+    if not cache.is_file() or len({p.parent for p in parts}) != 1:
+        return None
+    try:
+        file = pq.ParquetFile(cache)
+        entry = json.loads((file.metadata.metadata or {}).get(INPUTS_CACHE_KEY, b"{}"))
+        if entry.get("parts") != _stamp(parts) or not set(columns) <= set(entry.get("columns", ())):
+            return None
+        table = _read_part(file, columns)
+    except (OSError, ValueError, pa.ArrowInvalid):
+        return None
+    rows = entry["rows"]
+    if sum(rows) != table.num_rows:
+        return None
+    offsets = [0, *itertools.accumulate(rows)]
+    return ((ScoredPart(part.resolve(), n), table.slice(offsets[i], n))
+            for i, (part, n) in enumerate(zip(parts, rows, strict=True)))
+
+
+class _InputsCacheWriter:
+    """Streams every scored part's rule inputs into the cache (a hidden temporary renamed at the end); a
+    directory that cannot be written just goes without one."""
+
+    def __init__(self, parts: list[Path]):
+        self.parts, self.rows = parts, []
+        self.path = _cache_path(parts[0].parent)
+        self.tmp = self.path.with_name(f".{uuid.uuid4().hex[:8]}.{INPUTS_CACHE}.tmp")
+        self.stamps = _stamp(parts)
+        self.writer: pq.ParquetWriter | None = None
+        self.failed = len({p.parent for p in parts}) != 1
+
+    def add(self, table: pa.Table) -> None:
+        if self.failed:
+            return
+        try:
+            if self.writer is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd",
+                                               use_dictionary=["error_reason"])
+            self.writer.write_table(table)
+            self.rows.append(table.num_rows)
+        except OSError as error:
+            self._give_up(error)
+
+    def commit(self) -> None:
+        if self.failed or self.writer is None:
+            return self._give_up(None)
+        try:
+            self.writer.add_key_value_metadata({INPUTS_CACHE_KEY: json.dumps(
+                {"parts": self.stamps, "rows": self.rows, "columns": list(self.writer.schema.names)})})
+            self.writer.close()
+            os.replace(self.tmp, self.path)
+        except OSError as error:
+            self._give_up(error)
+
+    def _give_up(self, error: OSError | None) -> None:
+        if error is not None:
+            log.info("no decision-inputs cache beside %s: %s", self.path.parent, error)
+        self.failed = True
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError:
+                pass
+        self.tmp.unlink(missing_ok=True)
+
+
 def refilter(source_dir: str | Path, output_dir: str | Path, thresholds: Thresholds,
              provenance_update: dict[str, Any], *, materialize: bool = False,
              batch_rows: int = DECISIONS_BATCH_ROWS, workers: int | None = None) -> Refiltered:
@@ -388,6 +488,10 @@ def refilter(source_dir: str | Path, output_dir: str | Path, thresholds: Thresho
     staging = output_dir.with_name(f".{output_dir.name}.{uuid.uuid4().hex[:8]}.tmp")
     result = Refiltered([], [])
     columns = None if materialize else ["clip_id", *decision_inputs(thresholds)]
+    scored = _scored_parts(parts)
+    cached = None if materialize else _cached_inputs(scored, columns)
+    # without a cache, every rule's inputs are read (not only these thresholds') and the cache is built
+    cache = _InputsCacheWriter(scored) if cached is None and not materialize else None
     batch: list[tuple[ScoredPart, pa.Table]] = []
     batched = 0
     # Parts are read by a pool (Parquet decoding frees the GIL), decided here, and written by another thread.
@@ -402,8 +506,14 @@ def refilter(source_dir: str | Path, output_dir: str | Path, thresholds: Thresho
         result.parts.append(output_dir / name)
 
     try:
-        for part, table in _scores_in_order(readers, parts, columns):
+        if cached is not None:
+            source: Iterable[tuple[ScoredPart, pa.Table]] = cached
+        else:
+            source = _scores_in_order(readers, parts, ["clip_id", *DECISION_INPUTS] if cache else columns)
+        for part, table in source:
             result.scores.append(part)
+            if cache is not None:
+                writes.append(writer.submit(cache.add, table))
             if materialize:
                 write(_materialized, part, table)
                 continue
@@ -417,10 +527,14 @@ def refilter(source_dir: str | Path, output_dir: str | Path, thresholds: Thresho
         for done in writes:
             done.result()
         _swap_in(staging, output_dir)
+        if cache is not None:
+            cache.commit()
     finally:
         readers.shutdown(cancel_futures=True)
         writer.shutdown(cancel_futures=True)
         shutil.rmtree(staging, ignore_errors=True)
+        if cache is not None and cache.tmp.exists():  # not committed: an error stopped the refilter
+            cache._give_up(None)
     return result
 
 

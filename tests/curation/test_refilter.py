@@ -17,7 +17,7 @@ from curation import report
 from curation.config import Thresholds
 from curation.errors import MegactorError
 from curation.filters import DECISION_INPUTS, RULES, decide, decide_columns
-from curation.io import part_files
+from curation.io import part_files, write_parquet_atomic
 from curation.manifest import (
     DECISION_COLUMNS,
     SCHEMA,
@@ -147,6 +147,39 @@ def test_refilter_of_a_real_run_equals_decide_row_by_row(scored_run, tmp_path, n
     assert _decisions(refiltered) == _expected(scores.to_pylist(), thresholds)
     others = [c for c in SCHEMA.names if c not in DECISION_COLUMNS]
     assert refiltered.select(others).equals(scores.select(others))  # the face tracks included
+
+
+def test_the_inputs_cache_is_read_while_the_parts_are_unchanged_and_rebuilt_when_one_changes(
+        scored_run, tmp_path, monkeypatch):
+    import shutil
+
+    from curation import manifest
+
+    scores = tmp_path / "run" / "manifest"
+    shutil.copytree(scored_run / "manifest", scores)
+    loose, paper = Thresholds(**THRESHOLD_SETS["tiny run's (kept <-> rejected)"]), Thresholds()
+    refilter(scores, tmp_path / "first", loose, {})  # reads every part, writes the cache
+    cache = tmp_path / "run" / ".megactor-cache" / "manifest" / "decision-inputs.parquet"
+    assert cache.is_file() and not list(scores.glob(".*"))  # outside the manifest: no glob over it sees it
+
+    def no_part_reads(*args, **kwargs):
+        raise AssertionError("a part was opened although the cache is valid")
+
+    monkeypatch.setattr(manifest, "_read_source", no_part_reads)
+    rows = read_manifest(scores).to_pylist()
+    refilter(scores, tmp_path / "second", paper, {})
+    assert _decisions(read_manifest(tmp_path / "second")) == _expected(rows, paper)
+    monkeypatch.undo()
+
+    part = part_files(scores)[0]  # a part rewritten (a rerun of its shard): the cache no longer matches
+    table = pq.read_table(part, schema=SCHEMA)
+    changed = table.set_column(table.schema.get_field_index("face_res_px"), SCHEMA.field("face_res_px"),
+                               pa.array([1.0] * table.num_rows, pa.float32()))
+    write_parquet_atomic(changed.replace_schema_metadata(table.schema.metadata), part)
+    rows = read_manifest(scores).to_pylist()
+    refilter(scores, tmp_path / "third", loose, {})
+    assert _decisions(read_manifest(tmp_path / "third")) == _expected(rows, loose)
+    assert "face_too_small" in {r for d in _expected(rows, loose)["reject_reasons"] for r in d}
 
 
 def test_the_threshold_sets_flip_decisions_both_ways(scored_run):
