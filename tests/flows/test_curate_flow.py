@@ -245,3 +245,16 @@ def test_paper_profile_runs_end_to_end_on_tiny_dwpose_models(tmp_path, megactor,
     assert provenance["models"]["yolox_l"] == sha256_file(detector)
     assert provenance["models"]["dw-ll_ucoco_384"] == sha256_file(pose)
     assert {"syncnet_v2", "yolox_l", "dw-ll_ucoco_384"} <= set(provenance["models"])
+
+    # the same run on Ray with the GPU pool forced on (its actors on CPU here): the models run in the actors,
+    # the shard tasks decode, and the rows are the local run's
+    pooled = tmp_path / "pooled"
+    done = megactor("curate", "--input", str(source), "--output", str(pooled), "--profile", "paper", "--score-all",
+                    "--set", f"face.dwpose.detector_weights={detector}", "--set", f"face.dwpose.pose_weights={pose}",
+                    "--set", "runtime.gpu_pool.mode=on")
+    assert "GPU pool of" in done.stdout + done.stderr
+    pooled_df = pd.read_parquet(pooled / "manifest").sort_values("clip_id", ignore_index=True)
+    local_df = df.sort_values("clip_id", ignore_index=True)
+    assert list(pooled_df.columns) == list(local_df.columns)
+    for column in local_df.columns:
+        assert pooled_df[column].map(repr).tolist() == local_df[column].map(repr).tolist(), column
