@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from curation.errors import MissingDependencyError
@@ -69,9 +70,13 @@ class Component:
                 )
 
     def ensure_setup(self) -> None:
+        self._load_once(self.setup)
+
+    def _load_once(self, load: Callable[[], None]) -> None:
+        """``load()`` once per process, after the requirements check, timed into ``counters["setup_s"]``."""
         if not self._ready:
             self.check_requirements()
             started = time.perf_counter()
-            self.setup()
+            load()
             self.counters["setup_s"] += time.perf_counter() - started
             self._ready = True

@@ -79,12 +79,7 @@ class Scorer(Component, ABC):
 
     def ensure_model(self) -> None:
         """For a process that only runs the model part (a GPU actor): load the model once."""
-        if not self._ready:
-            self.check_requirements()
-            started = time.perf_counter()
-            self.setup_model()
-            self.counters["setup_s"] += time.perf_counter() - started
-            self._ready = True
+        self._load_once(self.setup_model)
 
     @abstractmethod
     def score(self, clip: ClipSpan, upstream: Mapping[str, Any]) -> dict[str, Any]:
