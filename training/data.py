@@ -545,14 +545,13 @@ def _usable_frames(table: pa.Table, fps: float) -> np.ndarray:
         at_end = np.nan_to_num(ends - sources, nan=-1.0) > -1e-3
         frames = frames - at_end * int(np.ceil(END_MARGIN_S * fps))
     return np.maximum(frames, 0)
-# uint8 -> float32 tables, made by the very torch ops the conversion used to run on every pixel
-# (``.float().div_(127.5).sub_(1.0)`` and ``.float().div_(255.0)``).
-_SIGNED = torch.arange(256, dtype=torch.uint8).float().div_(127.5).sub_(1.0).numpy()
-_UNIT = torch.arange(256, dtype=torch.uint8).float().div_(255.0).numpy()
 
 
+# uint8 -> float32 by numpy's float32 division, in place: the same values as the torch ops the conversion used to
+# run (``.float().div_(127.5).sub_(1.0)``, ``.float().div_(255.0)``; both IEEE float32, checked for every byte in
+# tests/training/test_loader_python.py), without a lookup's int64 widening of every byte.
 def _signed_values(frames: np.ndarray) -> np.ndarray:
-    out = frames.astype(np.float32)  # in the layout of frames, as table[frames] is; then in place
+    out = frames.astype(np.float32)
     np.divide(out, np.float32(127.5), out=out)
     return np.subtract(out, np.float32(1.0), out=out)
 
@@ -562,22 +561,15 @@ def _unit_values(frames: np.ndarray) -> np.ndarray:
     return np.divide(out, np.float32(255.0), out=out)
 
 
-# numpy's float32 division reproduces the tables for every byte (checked here, once): then a value depends on its
-# byte alone, so the arithmetic is the table, ~8x cheaper than a lookup (whose fancy indexing widens every byte to
-# an int64 index first). Where it would not, the lookup stays.
-_BYTES = np.arange(256, dtype=np.uint8)
-_ARITHMETIC = bool(np.array_equal(_signed_values(_BYTES), _SIGNED) and np.array_equal(_unit_values(_BYTES), _UNIT))
-
-
 def _to_signed(frames: np.ndarray) -> torch.Tensor:
     """(N,H,W,3) uint8 -> (N,3,H,W) float in [-1, 1]."""
-    values = _signed_values(frames) if _ARITHMETIC else _SIGNED[frames]
+    values = _signed_values(frames)
     return torch.from_numpy(values).permute(0, 3, 1, 2)
 
 
 def _to_unit(frames: np.ndarray) -> torch.Tensor:
     """(N,H,W,3) uint8 -> (N,3,H,W) float in [0, 1]."""
-    values = _unit_values(frames) if _ARITHMETIC else _UNIT[frames]
+    values = _unit_values(frames)
     return torch.from_numpy(values).permute(0, 3, 1, 2)
 
 

@@ -169,8 +169,9 @@ def test_float_conversions_equal_the_table_lookup(view):
 
     values = np.random.default_rng(11).integers(0, 256, size=(3, 20, 22, 3), dtype=np.uint8)
     values = {"contiguous": values, "strided": values[:, ::2, 1:], "transposed": values.transpose(0, 2, 1, 3)}[view]
-    assert training_data._ARITHMETIC  # this platform's float32 division reproduces the tables
-    for got, table in ((training_data._to_signed(values), training_data._SIGNED),
-                       (training_data._to_unit(values), training_data._UNIT)):
+    # the tables the torch ops make, byte by byte (the conversion used to run them on every pixel)
+    signed = torch.arange(256, dtype=torch.uint8).float().div_(127.5).sub_(1.0).numpy()
+    unit = torch.arange(256, dtype=torch.uint8).float().div_(255.0).numpy()
+    for got, table in ((training_data._to_signed(values), signed), (training_data._to_unit(values), unit)):
         expected = torch.from_numpy(table[values]).permute(0, 3, 1, 2)
         assert torch.equal(got, expected) and got.stride() == expected.stride() and got.dtype == expected.dtype
