@@ -180,12 +180,12 @@ def interpolate_boxes(track: list[dict[str, Any]], key: str, times: np.ndarray) 
 
 
 def box_masks(track: list[dict[str, Any]], key: str, times: np.ndarray, crop: tuple[float, float, float],
-               resolution: int, dilation: float) -> np.ndarray:
-    """(F, R, R) float32 0/1 rectangles of the ``key`` boxes at ``times``, grown by ``dilation`` of their size
-    on each side and mapped through the crop."""
+               resolution: int, dilation: float, dtype: Any = np.float32) -> np.ndarray:
+    """(F, R, R) 0/1 rectangles of the ``key`` boxes at ``times``, grown by ``dilation`` of their size on each
+    side and mapped through the crop; float32, or ``dtype`` (the training loader's uint8)."""
     left, top, side = crop
     scale = resolution / side
-    masks = np.zeros((len(times), resolution, resolution), dtype=np.float32)
+    masks = np.zeros((len(times), resolution, resolution), dtype=dtype)
     x0, y0, x1, y1 = interpolate_boxes(track, key, times).T  # the bounds of all frames at once, same float64 ops
     dx, dy = dilation * (x1 - x0), dilation * (y1 - y0)
     bounds = np.clip(np.stack([np.floor((y0 - dy - top) * scale), np.ceil((y1 + dy - top) * scale),
@@ -194,5 +194,5 @@ def box_masks(track: list[dict[str, Any]], key: str, times: np.ndarray, crop: tu
     if np.isnan(bounds).any():  # as int() of a NaN bound did, one frame at a time
         raise ValueError("cannot convert float NaN to integer")
     for mask, (r0, r1, c0, c1) in zip(masks, bounds.astype(np.int64).tolist(), strict=True):
-        mask[r0:r1, c0:c1] = 1.0
+        mask[r0:r1, c0:c1] = 1
     return masks

@@ -135,20 +135,24 @@ def encode(vae, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 def training_loss(model, vae, audio_encoder, schedule, batch: dict[str, Any], config: TrainConfig,
                   device: torch.device, generator: torch.Generator) -> torch.Tensor:
     """PixArt-alpha's loss for one batch (noise MSE + the learned variance's variational bound), masked to the
-    region of interest in stage 1."""
-    frames = batch["frames"].to(device)  # (B, F, 3, H, W)
+    region of interest in stage 1. ``batch``: collated ``ManifestDataset`` samples (uint8 pixels and masks),
+    moved to ``device`` and converted there (``training.data.model_inputs``)."""
+    from training.data import model_inputs
+
+    batch = model_inputs(batch, device)
+    frames = batch["frames"]  # (B, F, 3, H, W) float32 in [-1, 1]
     b, f = frames.shape[:2]
     latents = encode(vae, frames.flatten(0, 1), generator).unflatten(0, (b, f))  # (B, F, 4, h, w)
-    reference = encode(vae, batch["reference"].to(device), generator)  # (B, 4, h, w)
+    reference = encode(vae, batch["reference"], generator)  # (B, 4, h, w)
     audio, audio_mask = None, None
     if audio_encoder is not None:
         data = build_data_config(config)
         with torch.no_grad():  # (B, F, T, D): Whisper tokens around each frame (frames are frame_stride apart)
-            audio = audio_encoder(batch["audio"].to(device), num_frames=f, fps=data.fps / data.frame_stride,
+            audio = audio_encoder(batch["audio"], num_frames=f, fps=data.fps / data.frame_stride,
                                   offset_s=data.audio_context_s)
-        audio_mask = batch["modality"].to(device) != 0  # visual-only samples: the audio branch is off
+        audio_mask = batch["modality"] != 0  # visual-only samples: the audio branch is off
         if "unconditional" in batch:  # and the unconditional ones (no driving frames either)
-            audio_mask = audio_mask & ~batch["unconditional"].to(device).bool()
+            audio_mask = audio_mask & ~batch["unconditional"].bool()
 
     noise = torch.randn(latents.shape, generator=generator, device=device)
     timesteps = torch.randint(0, TRAIN_TIMESTEPS, (b,), generator=generator, device=device)
@@ -157,15 +161,15 @@ def training_loss(model, vae, audio_encoder, schedule, batch: dict[str, Any], co
 
     # face dropout in attention: where the mouth is not driven, mouth queries may not see the driving region
     grid = (latents.shape[-2] // model_patch(model), latents.shape[-1] // model_patch(model))
-    mouth_not_driven = ~batch["drive_mouth"].to(device).bool()
-    mouth_query = token_mask(batch["mouth_mask"].to(device), grid) & mouth_not_driven.view(b, 1, 1)
-    driving_key = token_mask(batch["driving_mask"].to(device), grid)
+    mouth_not_driven = ~batch["drive_mouth"].bool()
+    mouth_query = token_mask(batch["mouth_mask"], grid) & mouth_not_driven.view(b, 1, 1)
+    driving_key = token_mask(batch["driving_mask"], grid)
 
-    prediction = model(noisy, timesteps, reference, batch["driving"].to(device), audio,
+    prediction = model(noisy, timesteps, reference, batch["driving"], audio,
                        mouth_query_mask=mouth_query, driving_key_mask=driving_key,
                        audio_mask=audio_mask)  # (B, F, C, h, w)
     eps, variance = prediction[:, :, :4], prediction[:, :, 4:]
-    mask = latent_mask(batch["loss_mask"].to(device), latents.shape[-2:]) if config.stage == 1 else None
+    mask = latent_mask(batch["loss_mask"], latents.shape[-2:]) if config.stage == 1 else None
     # PixArt-alpha's (IDDPM's) loss: noise MSE plus the variational bound term that trains the learned variance
     # (through a mean that does not carry gradient back into the noise prediction)
     vb = variational_bound(schedule, latents.flatten(0, 1), noisy.flatten(0, 1), eps.detach().flatten(0, 1),

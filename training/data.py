@@ -3,7 +3,9 @@
 One sample is one clip (index ``i`` is the ``i``-th selected row): a segment of ``num_frames`` frames at
 ``frame_stride`` on the clip's 25 fps timeline, a reference frame from another time of the same clip, the driving
 frames (the same frames, or a face-swapped / stylized variant of them) keeping only the driven face regions, eye
-and mouth masks, the loss region, and the matching 16 kHz audio window.
+and mouth masks, the loss region, and the matching 16 kHz audio window. Pixels and masks leave the loader compact
+(the decoded uint8 bytes, uint8 0/1 masks); ``model_inputs`` moves a collated batch to the trainer's device and
+converts them to float32 there, the same values the loader returned as floats before (issue 12).
 
 Determinism: every random choice of a sample comes from ``sample_plan(index, epoch)``, whose generator is seeded by
 ``(seed, epoch, index)`` only (never global RNG, never the worker id), so a resumed run that replays the same
@@ -39,7 +41,8 @@ equal but within the first audio frame after the window's start (``tests/trainin
 
 DataLoader settings (decoding is ffmpeg subprocesses, so parallelism comes from worker processes): ``num_workers``
 about the CPU cores per GPU minus two (e.g. 6-8), ``batch_size`` 1-2 per GPU at 512 x 16 frames,
-``collate_fn=collate_skip_failed``, ``pin_memory=True``, ``prefetch_factor=2``. Either call ``set_epoch`` before
+``collate_fn=collate_skip_failed``, ``pin_memory=True``, ``prefetch_factor=2``; the trainer passes each batch
+through ``model_inputs`` (to its device, uint8 pixels and masks to float32 there). Either call ``set_epoch`` before
 each epoch's iterator with ``persistent_workers=False``, or index with ``(epoch, index)`` tuples from the sampler
 (any ``persistent_workers``). The dataset pickles (it keeps the selected rows as an Arrow table, which worker
 processes share without copying Python objects). ``failures`` / ``excluded`` are per process: with workers, the
@@ -204,14 +207,17 @@ class ManifestDataset(Dataset):
     """Map-style dataset over the selected manifest rows; ``__getitem__`` returns a dict of tensors, or None
     when the clip cannot be decoded (counted in ``failures`` by reason; use ``collate_skip_failed``).
 
-    Output (F = num_frames, H = W = resolution):
-      ``frames`` (F,3,H,W) float in [-1, 1]; ``reference`` (3,H,W) in [-1, 1];
-      ``driving`` (F,3,H,W) float in [0, 1], black (0) outside the driven regions (all 0 for audio-only),
-      after the driving augmentations; ``driving_mask`` (F,1,H,W) 0/1: the driven region in the driving frames'
-      geometry (after the scale/aspect augmentation);
-      ``eye_mask`` / ``mouth_mask`` (F,1,H,W) 0/1 in the target frames' geometry (for attention masking);
-      ``loss_mask`` (F,1,H,W) 0/1: the region of interest of the masked MSE: the dilated face box in stage 1
-      (the paper masks the stage-1 loss), all ones in stages 2/3;
+    Output (F = num_frames, H = W = resolution), compact: pixels and masks as uint8, converted to floats on the
+    trainer's device by ``model_inputs`` (after collating):
+      ``frames`` (F,3,H,W) uint8 RGB (``model_inputs``: float32 in [-1, 1]); ``reference`` (3,H,W) uint8 RGB
+      (likewise);
+      ``driving`` (F,3,H,W) uint8 RGB (``model_inputs``: float32 in [0, 1]), black (0) outside the driven
+      regions (all 0 for audio-only), after the driving augmentations; ``driving_mask`` (F,1,H,W) uint8 0/1: the
+      driven region in the driving frames' geometry (after the scale/aspect augmentation);
+      ``eye_mask`` / ``mouth_mask`` (F,1,H,W) uint8 0/1 in the target frames' geometry (for attention masking);
+      ``loss_mask`` (F,1,H,W) uint8 0/1: the region of interest of the masked MSE: the dilated face box in
+      stage 1 (the paper masks the stage-1 loss), all ones in stages 2/3 (the masks: float32 0/1 through
+      ``model_inputs``);
       ``audio`` (S,) float32 16 kHz mono: the segment plus ``audio_context_s`` each side, zero outside the clip,
       all zeros in stage 1, for visual-only samples and for audio-less clips (placeholders: the trainer switches
       audio attention off by ``modality``); ``modality`` int64; ``drive_eyes`` / ``drive_mouth`` bool;
@@ -370,10 +376,10 @@ class ManifestDataset(Dataset):
         frames, reference, driving, source, audio = decode(plan, row, probe, crop, segment_start, reference_start,
                                                            wants_audio)
 
-        eye_mask = box_masks(track, "eyes_box", times, crop, res, cfg.mask_dilation)
-        mouth_mask = box_masks(track, "mouth_box", times, crop, res, cfg.mask_dilation)
+        eye_mask = box_masks(track, "eyes_box", times, crop, res, cfg.mask_dilation, np.uint8)
+        mouth_mask = box_masks(track, "mouth_box", times, crop, res, cfg.mask_dilation, np.uint8)
         if self.stage == 1:
-            loss_mask = box_masks(track, "box", times, crop, res, cfg.mask_dilation)
+            loss_mask = box_masks(track, "box", times, crop, res, cfg.mask_dilation, np.uint8)
         else:
             loss_mask = np.ones_like(eye_mask)
         drive_eyes, drive_mouth = plan.drive_eyes and not plan.unconditional, plan.drive_mouth and not plan.unconditional
@@ -384,10 +390,10 @@ class ManifestDataset(Dataset):
         else:
             driven = np.zeros_like(eye_mask)
         driving, driving_mask = augment_driving(driving, driven, plan)
-        return {
-            "frames": _to_signed(frames),
-            "reference": _to_signed(reference[None])[0],
-            "driving": _to_unit(driving),
+        return {  # the pixels as decoded, channels first (views: the collate stacks them)
+            "frames": _channels_first(frames),
+            "reference": _channels_first(reference[None])[0],
+            "driving": _channels_first(driving),
             "driving_mask": torch.from_numpy(driving_mask[:, None]),
             "eye_mask": torch.from_numpy(eye_mask[:, None]),
             "mouth_mask": torch.from_numpy(mouth_mask[:, None]),
@@ -547,9 +553,68 @@ def _usable_frames(table: pa.Table, fps: float) -> np.ndarray:
     return np.maximum(frames, 0)
 
 
-# uint8 -> float32 by numpy's float32 division, in place: the same values as the torch ops the conversion used to
-# run (``.float().div_(127.5).sub_(1.0)``, ``.float().div_(255.0)``; both IEEE float32, checked for every byte in
-# tests/training/test_loader_python.py), without a lookup's int64 widening of every byte.
+def _channels_first(frames: np.ndarray) -> torch.Tensor:
+    """(N,H,W,3) uint8 -> (N,3,H,W) uint8, a view."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+# -- the trainer's side: a collated batch on its device, as floats ---------------------------------------------
+SIGNED_KEYS = ("frames", "reference")  # uint8 -> float32 in [-1, 1]
+UNIT_KEYS = ("driving",)  # uint8 -> float32 in [0, 1]
+MASK_KEYS = ("driving_mask", "eye_mask", "mouth_mask", "loss_mask")  # uint8 0/1 -> float32 0/1
+
+
+def model_inputs(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """A collated batch of ``ManifestDataset`` samples on ``device``, as the model takes it: ``frames`` and
+    ``reference`` float32 in [-1, 1] (``x / 127.5 - 1``), ``driving`` float32 in [0, 1] (``x / 255``), the masks
+    float32 0/1, every other tensor moved as it is, the rest (``clip_id``, ``driving_source``,
+    ``num_skipped``) passed through. The batch itself is not changed.
+
+    The bytes cross to the device as uint8 (4x less than float32) and are converted there. The floats are the
+    IEEE float32 quotients the loader returned before it handed over uint8, bit for bit on every device: on
+    the CPU by torch's division (a true division, checked for every byte against numpy's); elsewhere from a
+    256-entry table of those values, since CUDA divides a tensor by a Python scalar as a product with its
+    float32 reciprocal, one ulp off for about half the bytes (126 of 256)."""
+    device = torch.device(device)
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if not torch.is_tensor(value):
+            out[key] = value
+            continue
+        value = value.to(device, non_blocking=True)  # host to device: safe unpinned, nothing writes the source
+        if key in SIGNED_KEYS or key in UNIT_KEYS:
+            if value.dtype != torch.uint8:
+                raise TypeError(f"model_inputs: batch[{key!r}] must be uint8 pixels, got {value.dtype}")
+            kind = "signed" if key in SIGNED_KEYS else "unit"
+            value = _divide(value, kind) if device.type == "cpu" else _lookup(value, kind)
+        elif key in MASK_KEYS:
+            value = value.float()
+        out[key] = value
+    return out
+
+
+def _divide(pixels: torch.Tensor, kind: str) -> torch.Tensor:
+    """uint8 -> float32 by torch's float32 division on the CPU (a new tensor; the input is not written)."""
+    if kind == "signed":
+        return pixels.float().div_(127.5).sub_(1.0)
+    return pixels.float().div_(255.0)
+
+
+_TABLES: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+
+def _lookup(pixels: torch.Tensor, kind: str) -> torch.Tensor:
+    """uint8 -> float32 by a gather from the 256 values ``_signed_values`` / ``_unit_values`` give (computed
+    on the CPU, kept per device): exact whatever the device's arithmetic."""
+    key = (kind, pixels.device)
+    table = _TABLES.get(key)
+    if table is None:
+        values = (_signed_values if kind == "signed" else _unit_values)(np.arange(256, dtype=np.uint8))
+        table = _TABLES[key] = torch.from_numpy(values).to(pixels.device)
+    return table[pixels.long()]
+
+
+# The loader's float conversions before it handed over uint8 (numpy's float32 division): the reference values.
 def _signed_values(frames: np.ndarray) -> np.ndarray:
     out = frames.astype(np.float32)
     np.divide(out, np.float32(127.5), out=out)
@@ -559,18 +624,6 @@ def _signed_values(frames: np.ndarray) -> np.ndarray:
 def _unit_values(frames: np.ndarray) -> np.ndarray:
     out = frames.astype(np.float32)
     return np.divide(out, np.float32(255.0), out=out)
-
-
-def _to_signed(frames: np.ndarray) -> torch.Tensor:
-    """(N,H,W,3) uint8 -> (N,3,H,W) float in [-1, 1]."""
-    values = _signed_values(frames)
-    return torch.from_numpy(values).permute(0, 3, 1, 2)
-
-
-def _to_unit(frames: np.ndarray) -> torch.Tensor:
-    """(N,H,W,3) uint8 -> (N,3,H,W) float in [0, 1]."""
-    values = _unit_values(frames)
-    return torch.from_numpy(values).permute(0, 3, 1, 2)
 
 
 __all__ = [
@@ -584,4 +637,5 @@ __all__ = [
     "ManifestDataset",
     "SamplePlan",
     "collate_skip_failed",
+    "model_inputs",
 ]

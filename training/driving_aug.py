@@ -14,8 +14,8 @@ import numpy as np
 def augment_driving(frames: np.ndarray, driven: np.ndarray, plan: Any) -> tuple[np.ndarray, np.ndarray]:
     """Keep the driven regions (black elsewhere), then zoom/stretch about the centre (black borders), colour
     jitter and grayscale, the same for every frame of the sample. Returns the frames (F,R,R,3) uint8 and the
-    driven region in their geometry (F,R,R) float32."""
-    driving = frames * _per_channel(driven.astype(np.uint8))
+    driven region in their geometry (F,R,R), a new array of ``driven``'s dtype (the dataset's uint8 0/1)."""
+    driving = frames * _per_channel(driven.astype(np.uint8, copy=False))
     mask = driven
     if plan.scale != 1.0 or plan.aspect != 1.0:
         size = frames.shape[1]
@@ -30,7 +30,7 @@ def augment_driving(frames: np.ndarray, driven: np.ndarray, plan: Any) -> tuple[
     if plan.grayscale:
         gray = (driving.astype(np.float32) @ LUMA).round().astype(np.uint8)  # in [0, 255]: the same bytes
         driving = np.repeat(gray[..., None], 3, axis=-1)
-    return np.ascontiguousarray(driving.astype(np.uint8, copy=False)), np.ascontiguousarray(mask.astype(np.float32))
+    return np.ascontiguousarray(driving.astype(np.uint8, copy=False)), np.ascontiguousarray(mask.astype(driven.dtype))
 
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -32,6 +32,7 @@ from training.data import (
     DataConfig,
     ManifestDataset,
     collate_skip_failed,
+    model_inputs,
 )
 
 # (file, start_s, end_s): a 512x512 talking head with speech, a 1920x1080 portrait-orientation clip with audio, and
@@ -128,12 +129,18 @@ def test_sample_shapes_and_ranges(manifest_dir):
         assert sample["frames"].shape == (F, 3, R, R) and sample["driving"].shape == (F, 3, R, R)
         assert sample["reference"].shape == (3, R, R)
         for key in ("eye_mask", "mouth_mask", "loss_mask", "driving_mask"):
-            assert sample[key].shape == (F, 1, R, R)
-            assert set(sample[key].unique().tolist()) <= {0.0, 1.0}
-        assert sample["frames"].dtype == torch.float32
-        assert -1.0 <= sample["frames"].min() and sample["frames"].max() <= 1.0
-        assert sample["frames"].std() > 0.1  # real pictures, not a constant
-        assert 0.0 <= sample["driving"].min() and sample["driving"].max() <= 1.0
+            assert sample[key].shape == (F, 1, R, R) and sample[key].dtype == torch.uint8
+            assert set(sample[key].unique().tolist()) <= {0, 1}
+        for key in ("frames", "reference", "driving"):  # compact: the decoded bytes
+            assert sample[key].dtype == torch.uint8, key
+        assert sample["frames"].float().std() > 0.1 * 127.5  # real pictures, not a constant
+        inputs = model_inputs(collate_skip_failed([sample]), "cpu")  # as the trainer gets them
+        assert inputs["frames"].dtype == inputs["reference"].dtype == inputs["driving"].dtype == torch.float32
+        assert -1.0 <= inputs["frames"].min() and inputs["frames"].max() <= 1.0
+        assert -1.0 <= inputs["reference"].min() and inputs["reference"].max() <= 1.0
+        assert 0.0 <= inputs["driving"].min() and inputs["driving"].max() <= 1.0
+        for key in ("eye_mask", "mouth_mask", "loss_mask", "driving_mask"):
+            assert inputs[key].dtype == torch.float32 and set(inputs[key].unique().tolist()) <= {0.0, 1.0}
         assert sample["audio"].shape == (dataset.config.audio_samples,) and sample["audio"].dtype == torch.float32
         assert sample["modality"].dtype == torch.int64 and sample["drive_eyes"].dtype == torch.bool
         assert not torch.equal(sample["reference"], sample["frames"][0])  # another time of the clip
@@ -189,9 +196,8 @@ def test_driving_frames_keep_only_the_driven_regions(manifest_dir, dropout):
     assert bool(sample["drive_eyes"]) == (dropout != "mouth") and bool(sample["drive_mouth"]) == (dropout != "eyes")
     assert torch.count_nonzero(sample["driving"][driven == 0]) == 0
     assert 0.01 < driven.float().mean() < 0.3
-    # inside the regions: the target frames themselves (real driving), in [0, 1]
-    real = (sample["frames"] + 1) / 2
-    assert torch.allclose(sample["driving"][driven == 1], real[driven == 1], atol=1e-5)
+    # inside the regions: the target frames themselves (real driving), byte for byte
+    assert torch.equal(sample["driving"][driven == 1], sample["frames"][driven == 1])
     assert torch.equal(sample["driving_mask"], driven[:, :1])
 
 
@@ -238,8 +244,7 @@ def test_masks_land_on_the_face(manifest_dir, faces):
             rows = np.arange(192)[:, None]
             assert (rows * mouth).sum() / mouth.sum() > (rows * eyes).sum() / eyes.sum() + 20
             assert face[eyes > 0].all() and face[mouth > 0].all()
-            rgb = np.ascontiguousarray(((sample["frames"][f].permute(1, 2, 0) + 1) * 127.5).round().numpy()
-                                       .astype(np.uint8))
+            rgb = np.ascontiguousarray(sample["frames"][f].permute(1, 2, 0).numpy())
             point, _ = scorer.analyse(0.0, rgb, 192, 192)
             assert point["n_faces"] == 1
             for key, mask in (("eyes_box", eyes), ("mouth_box", mouth)):
@@ -323,8 +328,10 @@ def test_variant_columns_follow_the_driving_mix(rows, videos_dir, tmp_path):
     swapped = dataset[(epoch, 0)]
     assert swapped["driving_source"] == "faceswap"
     region = swapped["driving_mask"].expand(-1, 3, -1, -1) == 1
-    negated = 1 - (swapped["frames"] + 1) / 2  # what the variant shows, mapped through the scaled crop
-    assert (swapped["driving"][region] - negated[region]).abs().mean() < 0.06
+    inputs = {key: value[0] for key, value in model_inputs(collate_skip_failed([swapped]), "cpu").items()
+              if torch.is_tensor(value)}
+    negated = 1 - (inputs["frames"] + 1) / 2  # what the variant shows, mapped through the scaled crop
+    assert (inputs["driving"][region] - negated[region]).abs().mean() < 0.06
     assert torch.count_nonzero(swapped["driving"][~region]) == 0
 
     # a variant that cannot be decoded: counted, and the sample drives from the real frames

@@ -144,10 +144,67 @@ def test_decode_crop_spans_equals_decode_crops_and_decode_audio(table):
     assert samples.dtype == np.float32 and np.array_equal(samples, expected_audio)
 
 
-def test_lookup_conversions_equal_the_torch_ops_for_every_byte():
-    values = np.tile(np.arange(256, dtype=np.uint8), 3 * 40 * 41).reshape(-1, 40, 41, 3)  # SIMD and tail lanes
-    expected_signed = torch.from_numpy(values).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    expected_unit = torch.from_numpy(values).permute(0, 3, 1, 2).float().div_(255.0)
-    for got, expected in ((training_data._to_signed(values), expected_signed),
-                          (training_data._to_unit(values), expected_unit)):
-        assert torch.equal(got, expected) and got.stride() == expected.stride()
+# -- the trainer's conversion (model_inputs) against the loader's floats before it returned uint8 -------------
+def _old_floats(pixels: torch.Tensor, kind: str) -> torch.Tensor:
+    """What the loader returned before, from the bytes it now returns: (..., 3, H, W) uint8 channels first ->
+    float32 by numpy's float32 division of the channels-last bytes (``x / 127.5 - 1``, ``x / 255``), channels
+    first again."""
+    values = np.moveaxis(pixels.numpy(), -3, -1).astype(np.float32)
+    if kind == "signed":
+        values = np.subtract(np.divide(values, np.float32(127.5), out=values), np.float32(1.0), out=values)
+    else:
+        values = np.divide(values, np.float32(255.0), out=values)
+    return torch.from_numpy(np.moveaxis(values, -1, -3))
+
+
+def test_model_inputs_give_the_old_floats_for_every_byte():
+    """Every byte in every SIMD and tail lane, through the CPU's division and through the table other devices
+    take, equals the old numpy formula (and torch's ops on the CPU, which the division is)."""
+    values = torch.from_numpy(np.tile(np.arange(256, dtype=np.uint8), 3 * 40 * 41).reshape(-1, 40, 41, 3))
+    values = values.permute(0, 3, 1, 2)  # channels first, a view: as a sample holds it
+    for kind, key in (("signed", "frames"), ("unit", "driving")):
+        expected = _old_floats(values, kind)
+        got = training_data.model_inputs({key: values}, "cpu")[key]
+        assert got.dtype == torch.float32 and torch.equal(got, expected), kind
+        assert torch.equal(training_data._lookup(values, kind), expected), kind
+        assert torch.equal(got, training_data._divide(values, kind)), kind
+    torch_ops = values.float().div_(127.5).sub_(1.0), values.float().div_(255.0)
+    assert torch.equal(torch_ops[0], _old_floats(values, "signed"))
+    assert torch.equal(torch_ops[1], _old_floats(values, "unit"))
+
+
+@pytest.mark.parametrize(("stage", "num_frames"), ((1, 1), (3, 8)))
+def test_a_collated_batch_through_model_inputs_equals_the_old_float_samples(table, stage, num_frames):
+    """The samples are compact (uint8 pixels, uint8 0/1 masks), the same from the legacy and the one-process
+    loader; a collated batch through ``model_inputs`` holds the float tensors the loader used to return, and
+    the batch itself is left as it was."""
+    fast, legacy = _pairs(table, stage, num_frames, color_prob=0.5, grayscale_prob=0.3)
+    items = _items(fast, 4)
+    samples = [fast[item] for item in items]
+    for sample, item in zip(samples, items, strict=True):
+        _assert_same(sample, legacy[item], (stage, item))
+        for key in ("frames", "reference", "driving", *training_data.MASK_KEYS):
+            assert sample[key].dtype == torch.uint8, key
+        for key in training_data.MASK_KEYS:
+            assert set(sample[key].unique().tolist()) <= {0, 1}, key
+    batch = training_data.collate_skip_failed(samples)
+    kept = {key: value.clone() if torch.is_tensor(value) else value for key, value in batch.items()}
+    inputs = training_data.model_inputs(batch, torch.device("cpu"))
+    assert inputs.keys() == batch.keys()
+    expected = {"frames": torch.stack([_old_floats(s["frames"], "signed") for s in samples]),
+                "reference": torch.stack([_old_floats(s["reference"], "signed") for s in samples]),
+                "driving": torch.stack([_old_floats(s["driving"], "unit") for s in samples]),
+                **{key: torch.stack([torch.from_numpy(s[key].numpy().astype(np.float32)) for s in samples])
+                   for key in training_data.MASK_KEYS}}
+    for key, value in expected.items():
+        assert inputs[key].dtype == torch.float32 and inputs[key].shape == value.shape, key
+        assert torch.equal(inputs[key], value), key
+    for key in ("audio", "modality", "drive_eyes", "drive_mouth", "unconditional"):
+        assert inputs[key].dtype == batch[key].dtype and torch.equal(inputs[key], batch[key]), key
+    for key in ("clip_id", "driving_source", "num_skipped"):
+        assert inputs[key] == batch[key], key
+    for key, value in kept.items():  # nothing converted in place
+        assert (torch.equal(value, batch[key]) and value.dtype == batch[key].dtype) if torch.is_tensor(value) \
+            else value == batch[key], key
+    with pytest.raises(TypeError, match="uint8"):
+        training_data.model_inputs({"frames": inputs["frames"]}, "cpu")

@@ -117,6 +117,9 @@ def test_augment_driving_equals_the_per_frame_form(seed):
     got, expected = augment_driving(frames, driven, plan), reference_augment_driving(frames, driven, plan)
     assert all(equal(a, b) for a, b in zip(got, expected, strict=True)), plan
     assert not np.shares_memory(got[1], driven)
+    # the dataset's uint8 0/1 regions: the same frames, the region as uint8
+    compact = augment_driving(frames, driven.astype(np.uint8), plan)
+    assert equal(compact[0], expected[0]) and equal(compact[1], expected[1].astype(np.uint8)), plan
 
 
 def test_augment_driving_keeps_the_byte_product_for_a_non_binary_region():
@@ -143,8 +146,10 @@ def test_box_masks_equal_the_per_frame_form(seed):
     crop = (float(rng.uniform(0, 200)), float(rng.uniform(0, 200)), float(rng.uniform(50, 500)))
     resolution, dilation = int(rng.choice([8, 64, 256])), float(rng.choice([0.0, 0.1, 0.37]))
     for key in ("box", "eyes_box", "mouth_box"):
-        assert equal(box_masks(points, key, times, crop, resolution, dilation),
-                     reference_box_masks(points, key, times, crop, resolution, dilation)), key
+        expected = reference_box_masks(points, key, times, crop, resolution, dilation)
+        assert equal(box_masks(points, key, times, crop, resolution, dilation), expected), key
+        # the training loader's uint8 0/1 masks: the same rectangles
+        assert equal(box_masks(points, key, times, crop, resolution, dilation, np.uint8), expected.astype(np.uint8))
 
 
 def test_box_masks_refuse_a_nan_box_as_before():
@@ -165,13 +170,17 @@ def test_jitter_colour_of_wider_pixels_equals_the_whole_frame_form():
 
 @pytest.mark.parametrize("view", ["contiguous", "strided", "transposed"])
 def test_float_conversions_equal_the_table_lookup(view):
+    """The trainer's conversion (``model_inputs``: torch's division on the CPU, a table elsewhere) of bytes in
+    any layout equals the lookup in the tables the torch ops make, byte by byte."""
     from training import data as training_data
 
     values = np.random.default_rng(11).integers(0, 256, size=(3, 20, 22, 3), dtype=np.uint8)
     values = {"contiguous": values, "strided": values[:, ::2, 1:], "transposed": values.transpose(0, 2, 1, 3)}[view]
+    pixels = torch.from_numpy(values).permute(0, 3, 1, 2)  # channels first, as a sample holds them
     # the tables the torch ops make, byte by byte (the conversion used to run them on every pixel)
     signed = torch.arange(256, dtype=torch.uint8).float().div_(127.5).sub_(1.0).numpy()
     unit = torch.arange(256, dtype=torch.uint8).float().div_(255.0).numpy()
-    for got, table in ((training_data._to_signed(values), signed), (training_data._to_unit(values), unit)):
+    for key, kind, table in (("frames", "signed", signed), ("driving", "unit", unit)):
         expected = torch.from_numpy(table[values]).permute(0, 3, 1, 2)
-        assert torch.equal(got, expected) and got.stride() == expected.stride() and got.dtype == expected.dtype
+        for got in (training_data.model_inputs({key: pixels}, "cpu")[key], training_data._lookup(pixels, kind)):
+            assert torch.equal(got, expected) and got.dtype == expected.dtype and got.shape == expected.shape
