@@ -306,6 +306,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             stage_overrides["init_from"] = str(Path(configs[-1].output) / "final")  # replaced by the flow too
         configs.append(load_train_config(args.config, stage=stage,
                                          overrides=stage_overrides))
+    if args.executor == "local" and any(config.num_workers != 1 for config in configs):
+        raise MegactorError(f"the local executor trains in one process: num_workers is {configs[0].num_workers} "
+                            f"(use --executor ray for more workers)")
     from flows.server import LocalPrefectServer
 
     server = nullcontext() if os.environ.get("PREFECT_API_URL") else LocalPrefectServer(keep=args.keep_server)
@@ -315,9 +318,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from flows.train import train_all, train_stage  # after PREFECT_API_URL is set
 
         if len(configs) == 1:
-            results = [train_stage(configs[0], ray_address=args.ray_address)]
+            results = [train_stage(configs[0], ray_address=args.ray_address, executor=args.executor)]
         else:
-            results = train_all(configs, ray_address=args.ray_address)
+            results = train_all(configs, ray_address=args.ray_address, executor=args.executor)
     for config, result in zip(configs, results, strict=True):
         loss = result["metrics"].get("loss")
         print(f"stage {config.stage}: {result['steps']} steps, last loss {loss if loss is None else round(loss, 5)}, "
@@ -595,6 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--manifest", metavar="DIR", help="the curated manifest (a run's output or manifest dir)")
     train.add_argument("--output", metavar="DIR", help="where checkpoints and logs go (per stage: DIR/stageN)")
     train.add_argument("--ray-address", help="Ray cluster address (default: a local Ray)")
+    train.add_argument("--executor", choices=["ray", "local"], default="ray",
+                       help="ray: Ray Train (num_workers workers, restarts); local: one worker in this process, "
+                            "no Ray (a quick laptop run or a debugger)")
     train.add_argument("--keep-server", action="store_true", help="leave the local Prefect server running")
     train.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config value, dotted (repeatable)")
     train.set_defaults(func=cmd_train)

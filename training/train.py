@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 
-from curation.errors import MegactorError, TrainingError
+from curation.errors import ConfigError, MegactorError, TrainingError
 from training import components, distributed
 from training.components import STATE_FILE
 from training.config import TrainConfig
@@ -361,17 +361,37 @@ def _tensorboard(config: TrainConfig):
     return SummaryWriter(str(Path(config.output).resolve() / "tensorboard"))
 
 
-def run_training(config: TrainConfig, *, ray_address: str | None = None) -> dict[str, Any]:
+EXECUTORS = ("ray", "local")
+
+
+def run_training(config: TrainConfig, *, ray_address: str | None = None, executor: str = "ray") -> dict[str, Any]:
     """Train one stage on Ray Train (``config.num_workers`` workers, GPUs if asked for and present); returns
     the last metrics and the final checkpoint's path. Rerunning the same config resumes from its newest
-    checkpoint."""
+    checkpoint.
+
+    ``executor="local"``: the same loop in this process, one worker, no Ray (a laptop run or a debugger without
+    Ray Train's start, ~1 min a stage on 2 cores; no worker-group restarts: ``max_failures`` does not apply)."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local" and config.num_workers != 1:
+        raise ConfigError(f"the local executor trains in one process: num_workers is {config.num_workers} "
+                          f"(use the ray executor for more workers)")
+    output = Path(config.output).resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if executor == "local":
+        try:
+            train_loop_per_worker(config.to_dict())
+        except MegactorError:
+            raise
+        except Exception as error:  # the same one-line failure as a Ray Train worker's
+            raise TrainingError(f"stage {config.stage} failed: {type(error).__name__}: {error}") from error
+        return _result(config, output, {})
+
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    output = Path(config.output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     use_gpu = torch.cuda.is_available() if config.use_gpu == "auto" else bool(config.use_gpu)
     if not ray.is_initialized():
         ray.init(address=ray_address, include_dashboard=False, ignore_reinit_error=True,
@@ -391,9 +411,14 @@ def run_training(config: TrainConfig, *, ray_address: str | None = None) -> dict
         raise training_error(error, config) from error
     if result.error:
         raise training_error(result.error, config) from result.error
+    return _result(config, output, dict(result.metrics or {}))
+
+
+def _result(config: TrainConfig, output: Path, reported: dict[str, Any]) -> dict[str, Any]:
+    """The last metrics (the run's metrics.jsonl, else what the workers reported) and the final checkpoint."""
     final = output / "final"
     history = output / "metrics.jsonl"
-    last = json.loads(history.read_text().splitlines()[-1]) if history.is_file() else dict(result.metrics or {})
+    last = json.loads(history.read_text().splitlines()[-1]) if history.is_file() else reported
     return {"metrics": last, "final_checkpoint": str(final) if final.exists() else None, "steps": config.steps}
 
 

@@ -55,11 +55,12 @@ def megactor(prefect_api, weights_root, random_syncnet_weights):
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, megactor, tiny_manifest):
-    """The three stages chained through ``megactor train --stage all`` (tiny model, 64 px, two steps each):
-    the training flow's test and the animation and evaluation flows' input."""
+    """The three stages chained through ``megactor train --stage all`` (tiny model, 64 px, two steps each, the
+    local executor: Ray Train's launch is tested on its own in test_train_flow): the training flow's test and
+    the animation and evaluation flows' input."""
     output = tmp_path_factory.mktemp("train")
     done = megactor("train", "--stage", "all", "--manifest", str(tiny_manifest.parent), "--output", str(output),
-                    "--set", "model.preset=tiny", "--set", "data.resolution=64", "--set", "steps=2",
+                    "--executor", "local", "--set", "model.preset=tiny", "--set", "data.resolution=64", "--set", "steps=2",
                     "--set", "loader_workers=1", "--set", "checkpoint_every=1", timeout=900)
     return output, done
 

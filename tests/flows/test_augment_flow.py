@@ -105,7 +105,7 @@ def test_resume_after_kill_gives_the_uninterrupted_table(tmp_path, prefect_api, 
 def test_stage_one_trains_on_swapped_and_stylized_driving_frames(augmented, megactor, tmp_path):
     output, _ = augmented
     train = tmp_path / "train"
-    megactor("train", "--stage", "1", "--manifest", str(output), "--output", str(train),
+    megactor("train", "--stage", "1", "--manifest", str(output), "--output", str(train), "--executor", "local",
              "--set", "model.preset=tiny", "--set", "data.resolution=64", "--set", "steps=8",
              "--set", "loader_workers=1", "--set", "checkpoint_every=8",
              "--set", "data.driving_mix={real: 0.2, faceswap: 0.4, stylized: 0.4}", timeout=900)

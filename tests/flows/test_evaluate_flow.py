@@ -78,8 +78,13 @@ def test_another_methods_videos_are_scored_against_the_same_ground_truth(evaluat
     other = tmp_path / "copy-of-real"
     shutil.copytree(output / "real", other)  # a perfect method: the ground truth itself
     config = EvalConfig.model_validate({**json.loads(eval_config.read_text()), "metrics": ["fid", "lpips"]})
-    summary = run_evaluation(tiny_manifest.parent, output, config, videos={"perfect": str(other)},
-                             executor="local")
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # the session's server: Prefect read its settings when first imported, before the fixture set the variable,
+    # and would otherwise start a temporary server of its own (slow to start on a loaded machine)
+    with temporary_settings(updates={PREFECT_API_URL: prefect_api[0]}):
+        summary = run_evaluation(tiny_manifest.parent, output, config, videos={"perfect": str(other)},
+                                 executor="local")
     rows = {r["method"]: r for r in summary["results"]}
     assert set(rows) == {"perfect"} and rows["perfect"]["clips"] >= 1
     assert rows["perfect"]["lpips"] == pytest.approx(0.0, abs=1e-6)

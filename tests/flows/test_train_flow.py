@@ -1,5 +1,6 @@
 """End to end: `megactor train --stage all` on a tiny manifest curated from the shared clips, through the Prefect
-flows and Ray Train (tiny model, a few steps per stage, CPU)."""
+flows (tiny model, a few steps per stage, CPU): the chain with the local executor (the session's ``trained``
+fixture; Ray Train's start is ~1.5 min a stage on 2 cores), Ray Train's own launch with two FSDP workers."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_three_stages_chain_through_the_flow(trained):
         lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [row["step"] for row in lines] == [1, 2] and all(row["loss"] > 0 for row in lines)
         assert any((run / "tensorboard").iterdir())
-        assert (run / "ray").is_dir()  # it ran on Ray Train
+        assert not (run / "ray").exists()  # the local executor: in the CLI's process, no Ray Train
         assert f"stage {stage}: 2 steps" in done.stdout
         meta = json.loads((run / "final" / "model.json").read_text())  # the pickle-free inference export
         assert (run / "final" / "model.safetensors").is_file() and meta["stage"] == stage
@@ -65,3 +66,11 @@ def test_two_ray_train_workers_shard_the_model_with_fsdp(tmp_path, megactor, tin
     fresh = MegActorModel(megactor_config("tiny", use_audio=False, use_temporal=False)).state_dict()
     assert state["model"].keys() == fresh.keys()  # gathered whole, under the model's own names
     assert all(state["model"][k].shape == v.shape for k, v in fresh.items())
+    assert (run / "ray").is_dir()  # Ray Train's run directory
+
+
+def test_the_local_executor_trains_one_worker_and_says_so(tmp_path, megactor, tiny_manifest):
+    done = megactor("train", "--stage", "1", "--manifest", str(tiny_manifest.parent), "--output", str(tmp_path),
+                    "--executor", "local", "--set", "num_workers=2", check=False)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "the local executor trains in one process: num_workers is 2" in done.stdout + done.stderr
